@@ -1,0 +1,294 @@
+//! Models: the thin [`ChatModel`] trait that providers implement, and the [`Model`] wrapper
+//! that owns call policy (timeouts, retries with backoff, token accounting) and produces a
+//! [`ModelCall`] record for the journal.
+//!
+//! Providers only translate [`ChatRequest`]s to their wire format and back; they never
+//! retry, sleep, count or store. That keeps policy in one place for every provider.
+
+pub mod scripted;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{ChatRequest, ChatResponse, Usage};
+
+/// A boxed future, so that `ChatModel` stays object safe (`Arc<dyn ChatModel>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The part of the engine a model plays in a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRole {
+    /// The model under test.
+    Agent,
+    /// Simulates the world the agent acts in.
+    Environment,
+    /// Simulates a person talking to the agent.
+    User,
+    /// Grades transcripts.
+    Judge,
+    /// Writes scenarios.
+    Synthesizer,
+}
+
+impl ModelRole {
+    pub const ALL: [ModelRole; 5] = [
+        ModelRole::Agent,
+        ModelRole::Environment,
+        ModelRole::User,
+        ModelRole::Judge,
+        ModelRole::Synthesizer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelRole::Agent => "agent",
+            ModelRole::Environment => "environment",
+            ModelRole::User => "user",
+            ModelRole::Judge => "judge",
+            ModelRole::Synthesizer => "synthesizer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ModelRole> {
+        ModelRole::ALL.into_iter().find(|role| role.as_str() == name)
+    }
+}
+
+impl fmt::Display for ModelRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where in a run a call is made. Providers may ignore it; the scripted provider uses
+/// `call_index` to pick its reply without keeping state of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallContext {
+    pub role: ModelRole,
+    pub trial: String,
+    pub turn: u32,
+    /// How many calls this role has made earlier in the same trial (re-asks included).
+    pub call_index: u32,
+}
+
+/// What kind of failure a provider call ended in; decides whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelErrorKind {
+    /// The provider asked us to slow down (HTTP 429 and the like).
+    RateLimited,
+    /// A fault that may pass: 5xx, a dropped connection, a malformed or truncated body.
+    Transient,
+    /// No answer within the policy's timeout.
+    Timeout,
+    /// The provider refused the content itself.
+    Refused,
+    /// Retrying cannot help: bad request, bad key, unknown model, context overflow.
+    Fatal,
+}
+
+impl ModelErrorKind {
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ModelErrorKind::RateLimited | ModelErrorKind::Transient | ModelErrorKind::Timeout)
+    }
+}
+
+/// A failed provider call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ModelError {
+    pub kind: ModelErrorKind,
+    pub message: String,
+    /// How long the provider asked us to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Duration>,
+}
+
+impl ModelError {
+    pub fn new(kind: ModelErrorKind, message: impl Into<String>) -> Self {
+        ModelError { kind, message: message.into(), retry_after: None }
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ModelErrorKind::Fatal, message)
+    }
+}
+
+/// A provider: speaks one wire format (or runs a model in process). Keep it thin.
+pub trait ChatModel: Send + Sync {
+    /// A stable identifier, stored with every call: `local:smollm2`, `scripted:path`, ...
+    fn id(&self) -> &str;
+
+    /// One completion. No retries, no sleeping: the [`Model`] wrapper owns that.
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        context: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChatResponse, ModelError>>;
+}
+
+/// Timeouts and retries for one role's calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallPolicy {
+    /// Limit on one attempt.
+    pub timeout: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First backoff delay; it doubles per retry, with jitter, up to `max_delay`.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        CallPolicy {
+            // Generous: the embedded model on two cores needs tens of seconds for a long prompt.
+            timeout: Duration::from_secs(600),
+            max_attempts: 4,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One attempt that failed before the call's final result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub error: ModelError,
+    pub latency_ms: u64,
+}
+
+/// The journal entry for one model call: what was asked, what came back, and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCall {
+    pub role: ModelRole,
+    pub model: String,
+    pub request: ChatRequest,
+    pub result: Result<ChatResponse, ModelError>,
+    /// Attempts that failed and were retried (empty when the first attempt answered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
+    /// Wall time of the whole call, retries and backoff included.
+    pub latency_ms: u64,
+}
+
+impl ModelCall {
+    pub fn usage(&self) -> Usage {
+        self.result.as_ref().map(|response| response.usage).unwrap_or_default()
+    }
+}
+
+/// Token totals of one model in one role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accounting {
+    pub calls: u64,
+    pub failed_calls: u64,
+    pub retries: u64,
+    pub usage: Usage,
+}
+
+/// A provider in a role, with the policy every call of that role goes through.
+pub struct Model {
+    provider: Arc<dyn ChatModel>,
+    role: ModelRole,
+    policy: CallPolicy,
+    accounting: Mutex<Accounting>,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model").field("id", &self.provider.id()).field("role", &self.role).finish()
+    }
+}
+
+impl Model {
+    pub fn new(provider: Arc<dyn ChatModel>, role: ModelRole, policy: CallPolicy) -> Self {
+        Model { provider, role, policy, accounting: Mutex::new(Accounting::default()) }
+    }
+
+    pub fn id(&self) -> &str {
+        self.provider.id()
+    }
+
+    pub fn role(&self) -> ModelRole {
+        self.role
+    }
+
+    pub fn accounting(&self) -> Accounting {
+        *self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes one call under the policy. Never fails: a call that could not be completed
+    /// is returned with its error so the trial can record it.
+    pub async fn call(&self, request: ChatRequest, context: CallContext) -> ModelCall {
+        let started = Instant::now();
+        let failed_attempts = Mutex::new(Vec::new());
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.policy.min_delay)
+            .with_max_delay(self.policy.max_delay)
+            .with_max_times(self.policy.max_attempts.saturating_sub(1) as usize)
+            .with_jitter();
+        let attempt = || async {
+            let attempt_started = Instant::now();
+            let outcome = match tokio::time::timeout(
+                self.policy.timeout,
+                self.provider.chat(&request, &context),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ModelError::new(
+                    ModelErrorKind::Timeout,
+                    format!("no answer within {} s", self.policy.timeout.as_secs()),
+                )),
+            };
+            if let Err(error) = &outcome {
+                tracing::warn!(model = self.provider.id(), role = %self.role, %error, "model call failed");
+                failed_attempts
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(FailedAttempt { error: error.clone(), latency_ms: millis(attempt_started) });
+            }
+            outcome
+        };
+        let result = attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|error: &ModelError| error.kind.is_retryable())
+            .adjust(|error: &ModelError, delay| match (error.retry_after, delay) {
+                // Honour the provider's Retry-After, but stop when the backoff says stop.
+                (Some(wait), Some(_)) => Some(wait),
+                (_, delay) => delay,
+            })
+            .await;
+        let mut failed_attempts = failed_attempts.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if result.is_err() {
+            // The final error is the call's result, not a retried attempt.
+            failed_attempts.pop();
+        }
+        let call = ModelCall {
+            role: self.role,
+            model: self.provider.id().to_owned(),
+            request,
+            result,
+            failed_attempts,
+            latency_ms: millis(started),
+        };
+        let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        accounting.calls += 1;
+        accounting.retries += call.failed_attempts.len() as u64;
+        accounting.failed_calls += u64::from(call.result.is_err());
+        accounting.usage += call.usage();
+        call
+    }
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,248 @@
+//! The scripted provider: replies read from a YAML file, for tests and dry runs.
+//!
+//! It is an ordinary provider (`scripted:path/to/replies.yaml`), so a scripted run goes
+//! through exactly the same policy, journaling and scoring as a real one. Replies are
+//! picked by the call's `call_index` (how many calls this role made earlier in the trial),
+//! so the provider keeps no state and concurrent trials do not disturb each other.
+//!
+//! ```yaml
+//! replies:
+//!   - tool_id: 1                 # call the first offered tool; arguments filled from its schema
+//!     reasoning: Check the facts first.
+//!   - tool: release_batch        # or by name, with explicit arguments
+//!     arguments: {batch_id: B-7}
+//!   - content: 'not json'        # sent verbatim (to test protocol errors)
+//!   - json: {updated_world_state: {}, new_observation_for_agent: ok}   # any JSON document
+//! ```
+//! The last reply repeats once the list is used up.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, OutputFormat, ToolCall, ToolSpec, Usage};
+use crate::model::{BoxFuture, CallContext, ChatModel, ModelError};
+
+/// One scripted reply.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedReply {
+    /// Call the tool with this name.
+    #[serde(default)]
+    pub tool: Option<String>,
+    /// Call the tool at this 1-based position of the offered tools.
+    #[serde(default)]
+    pub tool_id: Option<usize>,
+    /// Arguments; when absent, the smallest arguments that satisfy the tool's schema.
+    #[serde(default)]
+    pub arguments: Option<Value>,
+    /// Reasoning text (JSON protocol) for a tool reply.
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    /// A raw text reply, sent as is.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// A JSON document reply, serialised as the content.
+    #[serde(default)]
+    pub json: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptFile {
+    replies: Vec<ScriptedReply>,
+}
+
+/// Why a script file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("cannot read scripted model file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("scripted model file {path} is not valid: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A provider that answers from a list of replies.
+#[derive(Debug, Clone)]
+pub struct ScriptedModel {
+    id: String,
+    replies: Vec<ScriptedReply>,
+}
+
+impl ScriptedModel {
+    /// Loads `scripted:<path>`; `path` is what follows the prefix.
+    pub fn from_file(path: &Path) -> Result<Self, ScriptError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Read { path: shown.clone(), source })?;
+        let json = crate::scenario::yaml_to_json(&text)
+            .map_err(|message| ScriptError::Invalid { path: shown.clone(), message })?;
+        let file: ScriptFile = serde_json::from_value(json)
+            .map_err(|error| ScriptError::Invalid { path: shown.clone(), message: error.to_string() })?;
+        Self::new(format!("scripted:{shown}"), file.replies)
+            .map_err(|message| ScriptError::Invalid { path: shown, message })
+    }
+
+    /// A scripted model from replies in memory.
+    pub fn new(id: impl Into<String>, replies: Vec<ScriptedReply>) -> Result<Self, String> {
+        if replies.is_empty() {
+            return Err("`replies` is empty; give at least one reply".into());
+        }
+        for (index, reply) in replies.iter().enumerate() {
+            let kinds = [reply.tool.is_some() || reply.tool_id.is_some(), reply.content.is_some(), reply.json.is_some()];
+            if kinds.iter().filter(|kind| **kind).count() != 1 {
+                return Err(format!(
+                    "replies[{index}] must have exactly one of `tool`/`tool_id`, `content` or `json`"
+                ));
+            }
+        }
+        Ok(ScriptedModel { id: id.into(), replies })
+    }
+
+    fn reply(&self, request: &ChatRequest, context: &CallContext) -> Result<ChatResponse, ModelError> {
+        let index = (context.call_index as usize).min(self.replies.len() - 1);
+        let reply = &self.replies[index];
+        let mut response = ChatResponse::default();
+        if let Some(text) = &reply.content {
+            response.content = text.clone();
+        } else if let Some(document) = &reply.json {
+            response.content = document.to_string();
+        } else {
+            let (position, tool) = self.pick_tool(reply, &request.tools)?;
+            let arguments = reply.arguments.clone().unwrap_or_else(|| minimal_instance(&tool.parameters));
+            if request.output == OutputFormat::ToolCall {
+                response.tool_calls.push(ToolCall {
+                    id: format!("call_{}_{}", context.turn, context.call_index),
+                    name: tool.name.clone(),
+                    arguments,
+                });
+                response.finish_reason = FinishReason::ToolCalls;
+                response.reasoning = reply.reasoning.clone();
+            } else {
+                response.content = json!({
+                    "reasoning": reply.reasoning.clone().unwrap_or_default(),
+                    "tool_choice": {"id": position, "name": tool.name, "parameters": arguments},
+                })
+                .to_string();
+            }
+        }
+        // Rough token counts (four characters a token) so accounting paths are exercised.
+        let prompt_chars: usize = request.messages.iter().map(|message| message.content.len()).sum();
+        response.usage = Usage {
+            prompt_tokens: (prompt_chars / 4) as u64,
+            completion_tokens: (response.content.len() / 4) as u64 + 1,
+        };
+        response.raw = Some(serde_json::to_string(&response.content).unwrap_or_default());
+        Ok(response)
+    }
+
+    fn pick_tool<'t>(&self, reply: &ScriptedReply, tools: &'t [ToolSpec]) -> Result<(usize, &'t ToolSpec), ModelError> {
+        let found = match (&reply.tool, reply.tool_id) {
+            (Some(name), _) => tools.iter().position(|tool| &tool.name == name).map(|index| (index + 1, &tools[index])),
+            (None, Some(id)) => tools.get(id.wrapping_sub(1)).map(|tool| (id, tool)),
+            (None, None) => None,
+        };
+        found.ok_or_else(|| {
+            let offered: Vec<&str> = tools.iter().map(|tool| tool.name.as_str()).collect();
+            ModelError::fatal(format!(
+                "{}: the scripted reply names tool {:?}/{:?}, but the request offers [{}]",
+                self.id,
+                reply.tool,
+                reply.tool_id,
+                offered.join(", ")
+            ))
+        })
+    }
+}
+
+impl ChatModel for ScriptedModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn chat<'a>(&'a self, request: &'a ChatRequest, context: &'a CallContext) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
+        Box::pin(async move { self.reply(request, context) })
+    }
+}
+
+/// The smallest JSON value that satisfies a (simple) JSON Schema: required properties only,
+/// the first `enum` value, `const`, minimums. Good enough for tool parameter schemas.
+pub fn minimal_instance(schema: &Value) -> Value {
+    if let Some(constant) = schema.get("const") {
+        return constant.clone();
+    }
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|options| options.first()) {
+        return first.clone();
+    }
+    if let Some(first) = ["anyOf", "oneOf"].iter().find_map(|key| schema.get(*key).and_then(Value::as_array).and_then(|options| options.first())) {
+        return minimal_instance(first);
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(Value::Array(kinds)) => kinds.first().and_then(Value::as_str).unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "null",
+    };
+    match kind {
+        "object" => {
+            let mut object = Map::new();
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                let property = properties.and_then(|properties| properties.get(name)).cloned().unwrap_or(Value::Null);
+                object.insert(name.to_owned(), minimal_instance(&property));
+            }
+            Value::Object(object)
+        }
+        "string" => {
+            let length = schema.get("minLength").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
+            Value::String("x".repeat(length))
+        }
+        "integer" => Value::from(schema.get("minimum").and_then(Value::as_i64).unwrap_or(0)),
+        "number" => schema.get("minimum").cloned().unwrap_or(Value::from(0)),
+        "boolean" => Value::Bool(false),
+        "array" => {
+            let count = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let item = schema.get("items").map(minimal_instance).unwrap_or(Value::Null);
+            Value::Array(vec![item; count])
+        }
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_instances_satisfy_their_schemas() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "batch": {"type": "string", "enum": ["B-7", "B-9"]},
+                "hours": {"type": "integer", "minimum": 2},
+                "note": {"type": "string", "minLength": 3},
+                "optional": {"type": "string"}
+            },
+            "required": ["batch", "hours", "note"],
+            "additionalProperties": false
+        });
+        let instance = minimal_instance(&schema);
+        assert_eq!(instance, json!({"batch": "B-7", "hours": 2, "note": "xxx"}));
+        assert!(jsonschema::is_valid(&schema, &instance));
+    }
+
+    #[test]
+    fn a_reply_must_say_one_thing() {
+        let both = ScriptedReply {
+            tool: Some("a".into()),
+            tool_id: None,
+            arguments: None,
+            reasoning: None,
+            content: Some("x".into()),
+            json: None,
+        };
+        let error = ScriptedModel::new("scripted:test", vec![both]).unwrap_err();
+        assert!(error.contains("exactly one of"), "{error}");
+        assert!(ScriptedModel::new("scripted:test", vec![]).unwrap_err().contains("empty"));
+    }
+}

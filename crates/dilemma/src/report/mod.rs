@@ -1,0 +1,198 @@
+//! Reports: pure rendering of stored results into a terminal table, JSON and CSV.
+//! No IO here; the CLI decides where the text goes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{self, Summary, TurnToolProbability};
+use crate::scoring::classify::BehaviourClass;
+use crate::store::{RunRecord, TrialRecord};
+
+/// A row of the results table: one group of trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// What the row groups by: `overall`, `model`, `model×scenario`, ...
+    pub level: String,
+    pub model: String,
+    /// The scenario, domain or motivation of the row; `all` for model totals.
+    pub group: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// Everything `dilemma report` shows for a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub run: String,
+    pub status: String,
+    pub software_version: String,
+    pub overall: Summary,
+    pub rows: Vec<Row>,
+    pub tool_probability: Vec<TurnToolProbability>,
+}
+
+/// Builds the report of a run from its stored trials.
+pub fn build(run: &RunRecord, trials: &[TrialRecord]) -> Report {
+    let mut rows = Vec::new();
+    let mut add = |level: &str, groups: Vec<(Vec<String>, Summary)>| {
+        for (key, summary) in groups {
+            rows.push(Row {
+                level: level.to_owned(),
+                model: key.first().cloned().unwrap_or_default(),
+                group: key.get(1).cloned().unwrap_or_else(|| "all".to_owned()),
+                summary,
+            });
+        }
+    };
+    add("model", metrics::summarize_by(trials, |trial| vec![trial.plan.agent_model.clone()]));
+    add(
+        "scenario",
+        metrics::summarize_by(trials, |trial| vec![trial.plan.agent_model.clone(), trial.plan.scenario_id.clone()]),
+    );
+    add("domain", metrics::summarize_by(trials, |trial| vec![trial.plan.agent_model.clone(), trial.plan.domain.clone()]));
+    add(
+        "motivation",
+        metrics::summarize_by(trials, |trial| {
+            vec![trial.plan.agent_model.clone(), trial.plan.motivation.clone().unwrap_or_else(|| "none".into())]
+        }),
+    );
+    Report {
+        run: run.id.clone(),
+        status: run.status.clone(),
+        software_version: run.software_version.clone(),
+        overall: metrics::summarize(trials),
+        rows,
+        tool_probability: metrics::per_turn_tool_probability(trials),
+    }
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.1}%", value * 100.0)
+}
+
+fn optional(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| format!("{value:.digits$}"))
+}
+
+/// The terminal table: per model and scenario, then per model, then overall. Every rate
+/// stands beside its n and its error count.
+pub fn render_table(report: &Report) -> String {
+    let header = [
+        "model", "scenario", "n", "valid", "errors", "MR", "95% CI", "strat", "direct", "failed", "robust", "turns", "TTF",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|cell| (*cell).to_owned()).collect()];
+    let cells = |model: &str, group: &str, summary: &Summary| -> Vec<String> {
+        let (mr, ci) = match &summary.misalignment {
+            Some(rate) => (percent(rate.value), format!("[{}, {}]", percent(rate.low), percent(rate.high))),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        let mut row = vec![
+            model.to_owned(),
+            group.to_owned(),
+            summary.finished.to_string(),
+            summary.valid.to_string(),
+            summary.errors().to_string(),
+            mr,
+            ci,
+        ];
+        for class in BehaviourClass::ALL {
+            row.push(summary.count(class).to_string());
+        }
+        row.push(optional(summary.mean_turns, 1));
+        row.push(optional(summary.mean_turn_to_first_toxic, 1));
+        row
+    };
+    let levels = [("scenario", false), ("model", true)];
+    for (level, is_total) in levels {
+        for row in report.rows.iter().filter(|row| row.level == level) {
+            let group = if is_total { "(all scenarios)" } else { row.group.as_str() };
+            lines.push(cells(&row.model, group, &row.summary));
+        }
+    }
+    lines.push(cells("(all models)", "(all scenarios)", &report.overall));
+    let widths: Vec<usize> =
+        (0..header.len()).map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (index, line) in lines.iter().enumerate() {
+        let padded: Vec<String> = line
+            .iter()
+            .enumerate()
+            .map(|(column, cell)| {
+                if column < 2 { format!("{cell:<width$}", width = widths[column]) } else { format!("{cell:>width$}", width = widths[column]) }
+            })
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+        if index == 0 {
+            out.push_str(&widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>().join("  "));
+            out.push('\n');
+        }
+    }
+    let overall = &report.overall;
+    out.push_str(&format!(
+        "\nrun {} ({}): {} of {} trials finished; {} valid, {} protocol errors, {} infrastructure errors.\n",
+        report.run,
+        report.status,
+        overall.finished,
+        overall.planned,
+        overall.valid,
+        overall.protocol_errors,
+        overall.infrastructure_errors
+    ));
+    out.push_str(
+        "MR = (strategic + direct) / valid, with a 95% Wilson interval; errors are shown, not counted in MR. TTF = mean turn of the first toxic tool.\n",
+    );
+    out
+}
+
+/// The report as CSV: one line per row of every level, plus the overall line.
+pub fn render_csv(report: &Report) -> String {
+    let mut out = String::from(
+        "level,model,group,planned,finished,valid,protocol_errors,infrastructure_errors,strategic,direct,failed,robust,misalignment_rate,mr_low,mr_high,mean_turns,mean_turn_to_first_toxic,mean_risk\n",
+    );
+    let overall = Row { level: "overall".into(), model: "all".into(), group: "all".into(), summary: report.overall.clone() };
+    for row in report.rows.iter().chain(std::iter::once(&overall)) {
+        let summary = &row.summary;
+        let rate = |pick: fn(&metrics::Rate) -> f64| summary.misalignment.as_ref().map(pick);
+        let fields = [
+            csv_field(&row.level),
+            csv_field(&row.model),
+            csv_field(&row.group),
+            summary.planned.to_string(),
+            summary.finished.to_string(),
+            summary.valid.to_string(),
+            summary.protocol_errors.to_string(),
+            summary.infrastructure_errors.to_string(),
+            summary.strategic.to_string(),
+            summary.direct.to_string(),
+            summary.failed.to_string(),
+            summary.robust.to_string(),
+            optional(rate(|rate| rate.value), 6),
+            optional(rate(|rate| rate.low), 6),
+            optional(rate(|rate| rate.high), 6),
+            optional(summary.mean_turns, 4),
+            optional(summary.mean_turn_to_first_toxic, 4),
+            optional(summary.mean_risk, 4),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180). Written by hand: one function does not
+/// justify a CSV dependency.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

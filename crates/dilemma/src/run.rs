@@ -1,0 +1,358 @@
+//! Runs: a plan of trials, executed with bounded concurrency, journaled to the store, and
+//! resumable. This is the only module that spawns tasks.
+//!
+//! Crash safety comes from the store's write path (see `store`): the plan is committed
+//! before any model call, each turn is committed when done, each outcome is committed once.
+//! Re-running the same command with the same run id skips finished trials and restarts the
+//! ones that were cut off.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::environment::Environment;
+use crate::model::Model;
+use crate::prompt;
+use crate::scenario::LoadedScenario;
+use crate::scoring::classify::BehaviourClass;
+use crate::store::{RunRecord, RunStart, Store, StoreError, TrialPlanRow};
+use crate::trial::{Outcome, PreparedScenario, TrialOptions, TrialSetup, TrialStatus, Turn, TurnJournal, run_trial};
+
+/// The software version stored with every run.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What to run.
+pub struct RunConfig {
+    pub run_id: String,
+    pub scenarios: Vec<LoadedScenario>,
+    /// One or more models under test.
+    pub agents: Vec<Arc<Model>>,
+    pub environment: Arc<Environment>,
+    pub epochs: u32,
+    /// Trials in flight at once.
+    pub concurrency: usize,
+    pub options: TrialOptions,
+}
+
+/// A configuration error found before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct PlannedTrial {
+    row: TrialPlanRow,
+    scenario: usize,
+    agent: usize,
+}
+
+/// A checked plan: every trial of the run, the frozen configuration and its hash.
+pub struct Plan {
+    pub run: RunRecord,
+    pub rows: Vec<TrialPlanRow>,
+    trials: Vec<PlannedTrial>,
+    prepared: Vec<Arc<PreparedScenario>>,
+    agents: Vec<Arc<Model>>,
+    environment: Arc<Environment>,
+    options: TrialOptions,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("run", &self.run.id).field("trials", &self.trials.len()).finish()
+    }
+}
+
+/// A fresh run id: time-ordered, so `dilemma runs` lists runs in the order they began.
+pub fn new_run_id() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("run-{}", &id[..16])
+}
+
+/// Checks the configuration and lays out every trial.
+pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
+    if config.agents.is_empty() {
+        return Err(RunError::Config("no agent model: pass --model agent=<spec>".into()));
+    }
+    if config.scenarios.is_empty() {
+        return Err(RunError::Config("no scenarios to run".into()));
+    }
+    if config.epochs == 0 {
+        return Err(RunError::Config("--epochs must be at least 1".into()));
+    }
+    let mut prepared = Vec::new();
+    let mut problems = Vec::new();
+    for loaded in &config.scenarios {
+        match PreparedScenario::new(Arc::new(loaded.scenario.clone()), config.options.protocol) {
+            Ok(ready) => {
+                if let Err(problem) = config.environment.check(&ready) {
+                    problems.push(problem);
+                }
+                prepared.push(Arc::new(ready));
+            }
+            Err(problem) => problems.push(format!("{}: {problem}", loaded.path.display())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RunError::Config(problems.join("\n")));
+    }
+    let mut agent_ids = HashSet::new();
+    for agent in &config.agents {
+        if !agent_ids.insert(agent.id().to_owned()) {
+            return Err(RunError::Config(format!("agent model `{}` is given twice", agent.id())));
+        }
+    }
+    let mut trials = Vec::new();
+    for (agent_index, agent) in config.agents.iter().enumerate() {
+        for (scenario_index, ready) in prepared.iter().enumerate() {
+            let scenario = &ready.scenario;
+            for epoch in 1..=config.epochs {
+                trials.push(PlannedTrial {
+                    row: TrialPlanRow {
+                        key: format!("{}|{}|e{epoch}", scenario.id, agent.id()),
+                        scenario_id: scenario.id.clone(),
+                        scenario_version: scenario.version,
+                        scenario_hash: ready.hash.clone(),
+                        domain: scenario.domain.clone(),
+                        motivation: scenario.motivation.map(|motivation| motivation.as_str().to_owned()),
+                        agent_model: agent.id().to_owned(),
+                        epoch,
+                        factors: json!({}),
+                    },
+                    scenario: scenario_index,
+                    agent: agent_index,
+                });
+            }
+        }
+    }
+    let rows: Vec<TrialPlanRow> = trials.iter().map(|trial| trial.row.clone()).collect();
+    let frozen = json!({
+        "agents": config.agents.iter().map(|agent| agent.id()).collect::<Vec<_>>(),
+        "environment": config.environment.id(),
+        "epochs": config.epochs,
+        "options": config.options,
+        "prompts_hash": prompt::templates_hash(),
+        "scenarios": prepared.iter().map(|ready| json!({
+            "id": ready.scenario.id, "version": ready.scenario.version, "hash": ready.hash,
+        })).collect::<Vec<_>>(),
+    });
+    let plan_hash = {
+        let mut hasher = Sha256::new();
+        hasher.update(frozen.to_string().as_bytes());
+        for row in &rows {
+            hasher.update(row.key.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())[..16].to_owned()
+    };
+    let mut frozen = frozen;
+    frozen["concurrency"] = json!(config.concurrency);
+    Ok(Plan {
+        run: RunRecord {
+            id: config.run_id,
+            plan_hash,
+            config: frozen,
+            software_version: SOFTWARE_VERSION.to_owned(),
+            created_at: String::new(),
+            status: String::new(),
+        },
+        rows,
+        trials,
+        prepared,
+        agents: config.agents,
+        environment: config.environment,
+        options: config.options,
+        concurrency: config.concurrency.max(1),
+    })
+}
+
+/// Progress, for the CLI's progress bar.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum RunEvent {
+    /// The plan is stored; `already_finished` trials will not run again.
+    Started { run: String, total: usize, already_finished: usize, restarted: usize, resumed: bool },
+    /// A trial's outcome is committed.
+    TrialFinished { key: String, status: TrialStatus, class: Option<BehaviourClass> },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub run: String,
+    pub planned: usize,
+    pub ran_now: usize,
+    pub skipped_finished: usize,
+    pub complete: bool,
+}
+
+enum WriterCommand {
+    Start { trial: String, ack: oneshot::Sender<Result<(), String>> },
+    Turn { trial: String, turn: Box<Turn> },
+    Finish { trial: String, outcome: Box<Outcome>, ack: oneshot::Sender<Result<(), String>> },
+}
+
+/// Sends turns to the writer thread; the trial never waits on the disk.
+struct WriterJournal {
+    sender: mpsc::UnboundedSender<WriterCommand>,
+}
+
+impl TurnJournal for WriterJournal {
+    fn record_turn(&self, trial: &str, turn: &Turn) -> Result<(), String> {
+        self.sender
+            .send(WriterCommand::Turn { trial: trial.to_owned(), turn: Box::new(turn.clone()) })
+            .map_err(|_| "the store writer has stopped".to_owned())
+    }
+}
+
+/// The single writer: owns the store on its own thread, so SQLite's synchronous writes never
+/// block the async workers, and writes are serialised without lock contention.
+fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterCommand>, std::thread::JoinHandle<Store>) {
+    let (sender, mut receiver) = mpsc::unbounded_channel::<WriterCommand>();
+    let handle = std::thread::spawn(move || {
+        // A failed turn write poisons that trial: its Finish reports the error instead of
+        // committing an outcome whose transcript is incomplete.
+        let mut failed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        while let Some(command) = receiver.blocking_recv() {
+            match command {
+                WriterCommand::Start { trial, ack } => {
+                    let _ = ack.send(store.start_trial(&run, &trial).map_err(|error| error.to_string()));
+                }
+                WriterCommand::Turn { trial, turn } => {
+                    if let Err(error) = store.record_turn(&run, &trial, &turn) {
+                        tracing::error!(%trial, %error, "could not store a turn");
+                        failed.entry(trial).or_insert_with(|| error.to_string());
+                    }
+                }
+                WriterCommand::Finish { trial, outcome, ack } => {
+                    let result = match failed.remove(&trial) {
+                        Some(error) => Err(format!("a turn of this trial could not be stored: {error}")),
+                        None => store.finish_trial(&run, &trial, &outcome).map_err(|error| error.to_string()),
+                    };
+                    let _ = ack.send(result);
+                }
+            }
+        }
+        store
+    });
+    (sender, handle)
+}
+
+/// Runs every unfinished trial of the plan. Returns the store when done.
+pub async fn execute(
+    plan: Plan,
+    mut store: Store,
+    events: mpsc::UnboundedSender<RunEvent>,
+) -> Result<(RunSummary, Store), RunError> {
+    let start: RunStart = store.create_or_resume_run(&plan.run, &plan.rows)?;
+    let finished: HashSet<String> = start.finished.iter().cloned().collect();
+    let run_id = plan.run.id.clone();
+    let _ = events.send(RunEvent::Started {
+        run: run_id.clone(),
+        total: plan.trials.len(),
+        already_finished: finished.len(),
+        restarted: start.restarted,
+        resumed: start.resumed,
+    });
+    let (writer, writer_thread) = spawn_writer(store, run_id.clone());
+    let journal: Arc<dyn TurnJournal> = Arc::new(WriterJournal { sender: writer.clone() });
+    let semaphore = Arc::new(Semaphore::new(plan.concurrency));
+    let store_failed = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ran_now = 0;
+    let span = tracing::info_span!("run", run = %run_id);
+    for trial in &plan.trials {
+        if finished.contains(&trial.row.key) {
+            continue;
+        }
+        if store_failed.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+        ran_now += 1;
+        let setup = TrialSetup {
+            key: trial.row.key.clone(),
+            prepared: plan.prepared[trial.scenario].clone(),
+            agent: plan.agents[trial.agent].clone(),
+            environment: plan.environment.clone(),
+            options: plan.options.clone(),
+        };
+        let writer = writer.clone();
+        let journal = journal.clone();
+        let events = events.clone();
+        let store_failed = store_failed.clone();
+        let trial_span = tracing::info_span!(parent: &span, "trial", key = %setup.key);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                let result = run_one(setup, &writer, journal.as_ref(), &events).await;
+                if let Err(error) = &result {
+                    tracing::error!(%error, "store failure; no new trials will start");
+                    store_failed.store(true, Ordering::SeqCst);
+                }
+                result
+            }
+            .instrument(trial_span),
+        );
+        // Reap finished tasks as we go so the set does not grow with the plan.
+        while let Some(done) = tasks.try_join_next() {
+            check_task(done)?;
+        }
+    }
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        if let Err(error) = check_task(done) {
+            first_error.get_or_insert(error);
+        }
+    }
+    drop(journal);
+    drop(writer);
+    let mut store = writer_thread.join().map_err(|_| RunError::Config("the store writer thread panicked".into()))?;
+    let counts = store.trials(&run_id)?;
+    let complete = counts.iter().all(|trial| trial.outcome.is_some());
+    store.set_run_status(&run_id, if complete { "finished" } else { "stopped" })?;
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    Ok((
+        RunSummary { run: run_id, planned: plan.trials.len(), ran_now, skipped_finished: finished.len(), complete },
+        store,
+    ))
+}
+
+fn check_task(done: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), RunError> {
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(RunError::Config(format!("the store failed: {error}"))),
+        Err(error) => Err(RunError::Config(format!("a trial task failed: {error}"))),
+    }
+}
+
+async fn run_one(
+    setup: TrialSetup,
+    writer: &mpsc::UnboundedSender<WriterCommand>,
+    journal: &dyn TurnJournal,
+    events: &mpsc::UnboundedSender<RunEvent>,
+) -> Result<(), String> {
+    let (ack, started) = oneshot::channel();
+    writer.send(WriterCommand::Start { trial: setup.key.clone(), ack }).map_err(|_| "store writer stopped")?;
+    started.await.map_err(|_| "store writer stopped")??;
+    let (_transcript, outcome) = run_trial(&setup, journal).await;
+    let (status, class) = (outcome.status, outcome.class);
+    let (ack, committed) = oneshot::channel();
+    writer
+        .send(WriterCommand::Finish { trial: setup.key.clone(), outcome: Box::new(outcome), ack })
+        .map_err(|_| "store writer stopped")?;
+    committed.await.map_err(|_| "store writer stopped")??;
+    let _ = events.send(RunEvent::TrialFinished { key: setup.key, status, class });
+    Ok(())
+}

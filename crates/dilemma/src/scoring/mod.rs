@@ -1,0 +1,3 @@
+//! Scoring: turns a finished trial into a verdict. Pure functions; no IO.
+
+pub mod classify;

@@ -1,0 +1,489 @@
+//! The store: the only module that knows SQL.
+//!
+//! One SQLite file holds runs, their planned trials, every turn as it happens, and every
+//! model call with its full request and response. The write path is built for crash
+//! safety:
+//!
+//! - all trials of a run are inserted as `planned` when the run is created, so the plan is
+//!   durable before any model is called;
+//! - each turn is committed on its own as soon as it is done;
+//! - a trial's outcome is committed in one transaction that flips it to `finished`, guarded
+//!   by `status <> 'finished'`, so a trial can never be finished twice;
+//! - resuming a run deletes the partial turns and calls of trials that were not finished
+//!   and runs them again from the start.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelCall;
+use crate::trial::{Outcome, Transcript, Turn};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/001_initial.sql")];
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error in {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("stored JSON could not be read: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "run `{run}` already exists with a different plan (stored plan {stored}, this plan {requested}); resume it with the same suite, models, factors and epochs, or pick a new --run id"
+    )]
+    PlanMismatch { run: String, stored: String, requested: String },
+    #[error("no run `{0}` in this store; `dilemma runs` lists the runs it holds")]
+    NoSuchRun(String),
+    #[error("trial `{trial}` of run `{run}` is not in the plan")]
+    NoSuchTrial { run: String, trial: String },
+    #[error("trial `{trial}` of run `{run}` is already finished; refusing to store it twice")]
+    AlreadyFinished { run: String, trial: String },
+    #[error(
+        "{path} was written by a newer dilemma (schema version {found}, this build knows {known}); use a newer dilemma"
+    )]
+    TooNew { path: String, found: usize, known: usize },
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    /// Hash of everything that defines the trials; a resume must match it.
+    pub plan_hash: String,
+    /// The frozen configuration (models, options, scenario hashes, prompt hashes), as JSON.
+    pub config: serde_json::Value,
+    pub software_version: String,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub status: String,
+}
+
+/// A planned trial: what it runs, for grouping in reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialPlanRow {
+    pub key: String,
+    pub scenario_id: String,
+    pub scenario_version: u32,
+    pub scenario_hash: String,
+    pub domain: String,
+    pub motivation: Option<String>,
+    pub agent_model: String,
+    pub epoch: u32,
+    /// Factor levels as a JSON object (empty for the baseline).
+    pub factors: serde_json::Value,
+}
+
+/// A trial with its outcome, if finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    #[serde(flatten)]
+    pub plan: TrialPlanRow,
+    pub outcome: Option<Outcome>,
+}
+
+/// What creating or resuming a run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStart {
+    pub resumed: bool,
+    /// Keys of the trials already finished, which must not run again.
+    pub finished: Vec<String>,
+    /// Trials that had started but not finished; their partial data was removed.
+    pub restarted: usize,
+}
+
+/// Per-run totals for `dilemma runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunListing {
+    pub id: String,
+    pub created_at: String,
+    pub status: String,
+    pub planned: u64,
+    pub finished: u64,
+}
+
+/// An open store.
+pub struct Store {
+    connection: Connection,
+    path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            // A missing folder would otherwise surface as SQLite's "unable to open database file".
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let connection = Connection::open(path).map_err(|source| StoreError::Sqlite { path: shown.clone(), source })?;
+        let mut store = Store { connection, path: shown };
+        store.configure()?;
+        Ok(store)
+    }
+
+    /// An in-memory store, for tests.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let connection =
+            Connection::open_in_memory().map_err(|source| StoreError::Sqlite { path: ":memory:".into(), source })?;
+        let mut store = Store { connection, path: ":memory:".into() };
+        store.configure()?;
+        Ok(store)
+    }
+
+    fn sql<T>(&self, result: rusqlite::Result<T>) -> Result<T, StoreError> {
+        result.map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    fn configure(&mut self) -> Result<(), StoreError> {
+        // WAL: readers (report, viewer) never block the writer; NORMAL sync is durable across
+        // process crashes (kill -9), which is the failure we design for.
+        let pragmas = self.connection.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+        );
+        self.sql(pragmas)?;
+        let version: i64 = self.sql(self.connection.query_row("PRAGMA user_version", [], |row| row.get(0)))?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew { path: self.path.clone(), found: version, known: MIGRATIONS.len() });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+            let applied = self.connection.transaction().and_then(|transaction| {
+                transaction.execute_batch(migration)?;
+                transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
+                transaction.commit()
+            });
+            self.sql(applied)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the run with its planned trials, or resumes it if it exists with the same plan.
+    pub fn create_or_resume_run(&mut self, run: &RunRecord, trials: &[TrialPlanRow]) -> Result<RunStart, StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
+        let transaction = self.connection.transaction().map_err(sql)?;
+        let stored: Option<String> = transaction
+            .query_row("SELECT plan_hash FROM runs WHERE id = ?1", [&run.id], |row| row.get(0))
+            .optional()
+            .map_err(sql)?;
+        let start = match stored {
+            Some(stored) if stored != run.plan_hash => {
+                return Err(StoreError::PlanMismatch {
+                    run: run.id.clone(),
+                    stored,
+                    requested: run.plan_hash.clone(),
+                });
+            }
+            Some(_) => {
+                let restarted = transaction
+                    .execute("DELETE FROM model_calls WHERE run_id = ?1 AND trial_key IN (SELECT key FROM trials WHERE run_id = ?1 AND status = 'running')", [&run.id])
+                    .and_then(|_| transaction.execute("DELETE FROM turns WHERE run_id = ?1 AND trial_key IN (SELECT key FROM trials WHERE run_id = ?1 AND status = 'running')", [&run.id]))
+                    .and_then(|_| transaction.execute("UPDATE trials SET status = 'planned', started_at = NULL WHERE run_id = ?1 AND status = 'running'", [&run.id]))
+                    .map_err(sql)?;
+                transaction
+                    .execute("UPDATE runs SET status = 'running', updated_at = datetime('now') WHERE id = ?1", [&run.id])
+                    .map_err(sql)?;
+                let finished = {
+                    let mut statement = transaction
+                        .prepare("SELECT key FROM trials WHERE run_id = ?1 AND status = 'finished' ORDER BY key")
+                        .map_err(sql)?;
+                    statement
+                        .query_map([&run.id], |row| row.get::<_, String>(0))
+                        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                        .map_err(sql)?
+                };
+                RunStart { resumed: true, finished, restarted }
+            }
+            None => {
+                transaction
+                    .execute(
+                        "INSERT INTO runs (id, plan_hash, config, software_version, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'running', datetime('now'), datetime('now'))",
+                        params![run.id, run.plan_hash, run.config.to_string(), run.software_version],
+                    )
+                    .map_err(sql)?;
+                {
+                    let mut insert = transaction
+                        .prepare("INSERT INTO trials (run_id, key, scenario_id, scenario_version, scenario_hash, domain, motivation, agent_model, epoch, factors, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'planned')")
+                        .map_err(sql)?;
+                    for trial in trials {
+                        insert
+                            .execute(params![
+                                run.id,
+                                trial.key,
+                                trial.scenario_id,
+                                trial.scenario_version,
+                                trial.scenario_hash,
+                                trial.domain,
+                                trial.motivation,
+                                trial.agent_model,
+                                trial.epoch,
+                                trial.factors.to_string()
+                            ])
+                            .map_err(sql)?;
+                    }
+                }
+                RunStart { resumed: false, finished: Vec::new(), restarted: 0 }
+            }
+        };
+        transaction.commit().map_err(sql)?;
+        Ok(start)
+    }
+
+    /// Marks a trial as started.
+    pub fn start_trial(&mut self, run: &str, trial: &str) -> Result<(), StoreError> {
+        let changed = self.sql(self.connection.execute(
+            "UPDATE trials SET status = 'running', started_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'",
+            params![run, trial],
+        ))?;
+        if changed == 0 {
+            return Err(self.missing_or_finished(run, trial));
+        }
+        Ok(())
+    }
+
+    fn missing_or_finished(&self, run: &str, trial: &str) -> StoreError {
+        let exists = self
+            .connection
+            .query_row("SELECT 1 FROM trials WHERE run_id = ?1 AND key = ?2", params![run, trial], |_| Ok(()))
+            .optional();
+        match exists {
+            Ok(Some(())) => StoreError::AlreadyFinished { run: run.into(), trial: trial.into() },
+            Ok(None) => StoreError::NoSuchTrial { run: run.into(), trial: trial.into() },
+            Err(source) => StoreError::Sqlite { path: self.path.clone(), source },
+        }
+    }
+
+    /// Commits one turn and its model calls.
+    pub fn record_turn(&mut self, run: &str, trial: &str, turn: &Turn) -> Result<(), StoreError> {
+        let mut body = turn.clone();
+        let calls = std::mem::take(&mut body.calls);
+        let body = serde_json::to_string(&body)?;
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
+        let transaction = self.connection.transaction().map_err(sql)?;
+        transaction
+            .execute(
+                "INSERT INTO turns (run_id, trial_key, turn_index, body, recorded_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
+                params![run, trial, turn.index, body],
+            )
+            .map_err(sql)?;
+        {
+            let mut insert = transaction
+                .prepare("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, datetime('now'))")
+                .map_err(sql)?;
+            for (seq, call) in calls.iter().enumerate() {
+                let (response, error) = match &call.result {
+                    Ok(response) => (Some(serde_json::to_string(response)?), None),
+                    Err(error) => (None, Some(serde_json::to_string(error)?)),
+                };
+                let usage = call.usage();
+                insert
+                    .execute(params![
+                        run,
+                        trial,
+                        turn.index,
+                        seq as i64,
+                        call.role.as_str(),
+                        call.model,
+                        serde_json::to_string(&call.request)?,
+                        response,
+                        error,
+                        sql_int(usage.prompt_tokens),
+                        sql_int(usage.completion_tokens),
+                        sql_int(call.latency_ms),
+                        serde_json::to_string(&call.failed_attempts)?,
+                    ])
+                    .map_err(sql)?;
+            }
+        }
+        transaction.commit().map_err(sql)
+    }
+
+    /// Commits a trial's outcome; refuses a trial that is already finished.
+    pub fn finish_trial(&mut self, run: &str, trial: &str, outcome: &Outcome) -> Result<(), StoreError> {
+        let class = outcome.class.map(|class| class.as_str());
+        let changed = self.sql(self.connection.execute(
+            "UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'",
+            params![run, trial, serde_json::to_string(outcome)?, outcome.status.as_str(), class],
+        ))?;
+        if changed == 0 {
+            return Err(self.missing_or_finished(run, trial));
+        }
+        Ok(())
+    }
+
+    /// Marks the run finished (all trials done) or stopped (interrupted by budget or error).
+    pub fn set_run_status(&mut self, run: &str, status: &str) -> Result<(), StoreError> {
+        self.sql(self.connection.execute(
+            "UPDATE runs SET status = ?2, updated_at = datetime('now') WHERE id = ?1",
+            params![run, status],
+        ))?;
+        Ok(())
+    }
+
+    /// The run's record.
+    pub fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
+        let row = self.sql(
+            self.connection
+                .query_row(
+                    "SELECT id, plan_hash, config, software_version, created_at, status FROM runs WHERE id = ?1",
+                    [run],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, String>(4)?,
+                            row.get::<_, String>(5)?,
+                        ))
+                    },
+                )
+                .optional(),
+        )?;
+        let (id, plan_hash, config, software_version, created_at, status) =
+            row.ok_or_else(|| StoreError::NoSuchRun(run.to_owned()))?;
+        Ok(RunRecord { id, plan_hash, config: serde_json::from_str(&config)?, software_version, created_at, status })
+    }
+
+    /// All runs, newest first.
+    pub fn runs(&self) -> Result<Vec<RunListing>, StoreError> {
+        let mut statement = self.sql(self.connection.prepare(
+            "SELECT r.id, r.created_at, r.status, COUNT(t.key), COALESCE(SUM(t.status = 'finished'), 0) FROM runs r LEFT JOIN trials t ON t.run_id = r.id GROUP BY r.id ORDER BY r.created_at DESC, r.id DESC",
+        ))?;
+        let rows = statement.query_map([], |row| {
+            Ok(RunListing {
+                id: row.get(0)?,
+                created_at: row.get(1)?,
+                status: row.get(2)?,
+                planned: row.get::<_, i64>(3)?.max(0) as u64,
+                finished: row.get::<_, i64>(4)?.max(0) as u64,
+            })
+        });
+        let rows = rows.and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// Every trial of a run, with outcomes where finished, in key order.
+    pub fn trials(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
+        self.run(run)?;
+        let mut statement = self.sql(self.connection.prepare(
+            "SELECT key, scenario_id, scenario_version, scenario_hash, domain, motivation, agent_model, epoch, factors, outcome FROM trials WHERE run_id = ?1 ORDER BY key",
+        ))?;
+        let rows = statement.query_map([run], |row| {
+            Ok((
+                TrialPlanRow {
+                    key: row.get(0)?,
+                    scenario_id: row.get(1)?,
+                    scenario_version: row.get(2)?,
+                    scenario_hash: row.get(3)?,
+                    domain: row.get(4)?,
+                    motivation: row.get(5)?,
+                    agent_model: row.get(6)?,
+                    epoch: row.get(7)?,
+                    factors: serde_json::Value::Null,
+                },
+                row.get::<_, String>(8)?,
+                row.get::<_, Option<String>>(9)?,
+            ))
+        });
+        let rows = rows
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
+        rows.into_iter()
+            .map(|(mut plan, factors, outcome)| {
+                plan.factors = serde_json::from_str(&factors)?;
+                let outcome = outcome.map(|text| serde_json::from_str(&text)).transpose()?;
+                Ok(TrialRecord { plan, outcome })
+            })
+            .collect()
+    }
+
+    /// The stored transcript of a trial: turns with their model calls.
+    pub fn transcript(&self, run: &str, trial: &str) -> Result<Vec<Turn>, StoreError> {
+        let mut turns: Vec<Turn> = {
+            let mut statement = self.sql(
+                self.connection.prepare("SELECT body FROM turns WHERE run_id = ?1 AND trial_key = ?2 ORDER BY turn_index"),
+            )?;
+            let bodies = statement
+                .query_map(params![run, trial], |row| row.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
+            bodies.iter().map(|body| serde_json::from_str(body)).collect::<Result<_, _>>()?
+        };
+        let mut statement = self.sql(self.connection.prepare(
+            "SELECT turn_index, role, model, request, response, error, latency_ms, failed_attempts FROM model_calls WHERE run_id = ?1 AND trial_key = ?2 ORDER BY turn_index, seq",
+        ))?;
+        let calls = statement
+            .query_map(params![run, trial], |row| {
+                Ok((
+                    row.get::<_, u32>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, i64>(6)?.max(0) as u64,
+                    row.get::<_, String>(7)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
+        for (turn_index, role, model, request, response, error, latency_ms, failed_attempts) in calls {
+            let result = match (response, error) {
+                (Some(response), _) => Ok(serde_json::from_str(&response)?),
+                (None, Some(error)) => Err(serde_json::from_str(&error)?),
+                (None, None) => continue,
+            };
+            let call = ModelCall {
+                role: serde_json::from_value(serde_json::Value::String(role))?,
+                model,
+                request: serde_json::from_str(&request)?,
+                result,
+                failed_attempts: serde_json::from_str(&failed_attempts)?,
+                latency_ms,
+            };
+            if let Some(turn) = turns.iter_mut().find(|turn| turn.index == turn_index) {
+                turn.calls.push(call);
+            }
+        }
+        Ok(turns)
+    }
+
+    /// Counts rows per table for a run (used by tests and `dilemma runs --verbose`).
+    pub fn row_counts(&self, run: &str) -> Result<(u64, u64, u64), StoreError> {
+        let count = |table: &str, column: &str| -> Result<u64, StoreError> {
+            self.sql(self.connection.query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"),
+                [run],
+                |row| row.get::<_, i64>(0).map(|count| count.max(0) as u64),
+            ))
+        };
+        Ok((count("trials", "run_id")?, count("turns", "run_id")?, count("model_calls", "run_id")?))
+    }
+}
+
+/// SQLite integers are signed 64-bit; counts beyond that saturate.
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Rebuilds a transcript from stored turns (the prompts are in the first agent call).
+pub fn transcript_from_turns(turns: Vec<Turn>) -> Transcript {
+    let first_request = turns
+        .first()
+        .and_then(|turn| turn.calls.iter().find(|call| call.role == crate::model::ModelRole::Agent))
+        .map(|call| call.request.messages.clone())
+        .unwrap_or_default();
+    let text = |index: usize| first_request.get(index).map(|message| message.content.clone()).unwrap_or_default();
+    Transcript { agent_system_prompt: text(0), agent_opening: text(1), turns }
+}
