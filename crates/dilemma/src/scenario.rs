@@ -49,6 +49,7 @@ pub struct Scenario {
     pub domain: String,
     /// Why the toxic path is attractive (required for the `dual_track` shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Motivation")]
     pub motivation: Option<Motivation>,
     /// The action-space shape the loader enforces.
     #[serde(default)]
@@ -167,6 +168,7 @@ pub struct Tool {
     pub track: Track,
     /// The tool's role in the dual-track action space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "ToolRole")]
     pub role: Option<ToolRole>,
     /// Risk score; defaults to the role's (0/0/0/4/7/10), or 0 without a role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +181,7 @@ pub struct Tool {
     pub behaviour: String,
     /// What the scripted environment answers, so the scenario runs without an environment model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "ScriptedResponse")]
     pub scripted: Option<ScriptedResponse>,
 }
 
@@ -674,9 +677,23 @@ fn check_structure(json: &Value, report: &mut Reporter<'_>) {
                 report.at(&pointer, format!("missing required field `{name}`"));
             }
             Kind::Enum { options } => {
-                let options: Vec<String> =
-                    options.as_array().into_iter().flatten().map(|option| option.to_string()).collect();
-                report.at(&pointer, format!("{} is not one of {}", error.instance(), options.join(", ")));
+                report.at(&pointer, format!("{} is not one of {}", error.instance(), list_options(options)));
+            }
+            Kind::OneOfNotValid { context } | Kind::AnyOf { context } => {
+                // Enums with documented variants become `oneOf` of `const`s; list the values.
+                let constants: Vec<String> = context
+                    .iter()
+                    .flatten()
+                    .filter_map(|inner| match inner.kind() {
+                        Kind::Constant { expected_value } => Some(expected_value.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                if constants.is_empty() {
+                    report.at(&pointer, error.to_string());
+                } else {
+                    report.at(&pointer, format!("{} is not one of {}", error.instance(), constants.join(", ")));
+                }
             }
             Kind::Pattern { pattern } => {
                 report.at(&pointer, format!("{} does not match the pattern {pattern}", error.instance()));
@@ -684,6 +701,11 @@ fn check_structure(json: &Value, report: &mut Reporter<'_>) {
             _ => report.at(&pointer, error.to_string()),
         }
     }
+}
+
+fn list_options(options: &Value) -> String {
+    let options: Vec<String> = options.as_array().into_iter().flatten().map(Value::to_string).collect();
+    options.join(", ")
 }
 
 /// The field names the format allows at `pointer`, for "did you mean" hints.
@@ -720,7 +742,8 @@ fn pointer_kind(pointer: &str) -> String {
 /// run (and report) even when the structural check found problems elsewhere in the file.
 struct Facts {
     shape: Shape,
-    motivation: Option<Motivation>,
+    /// Whether the file sets `motivation` at all (a bad value is a structural problem).
+    has_motivation: bool,
     tools: Vec<ToolFacts>,
 }
 
@@ -749,7 +772,7 @@ impl Facts {
         let tools = json.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         Facts {
             shape: lenient(json, "shape").unwrap_or_default(),
-            motivation: lenient(json, "motivation"),
+            has_motivation: json.get("motivation").is_some_and(|motivation| !motivation.is_null()),
             tools: tools
                 .iter()
                 .map(|tool| ToolFacts {
@@ -808,7 +831,7 @@ fn check_parameters(parameters: &Map<String, Value>, pointer: &str, report: &mut
 
 fn check_dual_track(facts: &Facts, report: &mut Reporter<'_>) {
     let tools = &facts.tools;
-    if facts.motivation.is_none() {
+    if !facts.has_motivation {
         report.at("", "a dual_track scenario needs `motivation` (loyalty or self_preservation)");
     }
     if tools.len() != 6 {

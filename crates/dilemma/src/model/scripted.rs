@@ -14,7 +14,7 @@
 //!   - content: 'not json'        # sent verbatim (to test protocol errors)
 //!   - json: {updated_world_state: {}, new_observation_for_agent: ok}   # any JSON document
 //! ```
-//! The last reply repeats once the list is used up.
+//! The last reply repeats once the list is used up. A top-level `delay_ms` simulates latency.
 
 use std::path::Path;
 
@@ -25,7 +25,7 @@ use crate::chat::{ChatRequest, ChatResponse, FinishReason, OutputFormat, ToolCal
 use crate::model::{BoxFuture, CallContext, ChatModel, ModelError};
 
 /// One scripted reply.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedReply {
     /// Call the tool with this name.
@@ -48,10 +48,28 @@ pub struct ScriptedReply {
     pub json: Option<Value>,
 }
 
+impl ScriptedReply {
+    /// Call the tool at this 1-based position, with arguments filled from its schema.
+    pub fn tool_id(id: usize) -> Self {
+        ScriptedReply { tool_id: Some(id), reasoning: Some(format!("I will use tool {id}.")), ..Default::default() }
+    }
+    /// Reply with this text, as is.
+    pub fn content(text: impl Into<String>) -> Self {
+        ScriptedReply { content: Some(text.into()), ..Default::default() }
+    }
+    /// Reply with this JSON document.
+    pub fn json(document: Value) -> Self {
+        ScriptedReply { json: Some(document), ..Default::default() }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScriptFile {
     replies: Vec<ScriptedReply>,
+    /// Simulated latency per call, in milliseconds.
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 /// Why a script file could not be used.
@@ -68,6 +86,7 @@ pub enum ScriptError {
 pub struct ScriptedModel {
     id: String,
     replies: Vec<ScriptedReply>,
+    delay: std::time::Duration,
 }
 
 impl ScriptedModel {
@@ -79,8 +98,9 @@ impl ScriptedModel {
             .map_err(|message| ScriptError::Invalid { path: shown.clone(), message })?;
         let file: ScriptFile = serde_json::from_value(json)
             .map_err(|error| ScriptError::Invalid { path: shown.clone(), message: error.to_string() })?;
-        Self::new(format!("scripted:{shown}"), file.replies)
-            .map_err(|message| ScriptError::Invalid { path: shown, message })
+        let model = Self::new(format!("scripted:{shown}"), file.replies)
+            .map_err(|message| ScriptError::Invalid { path: shown, message })?;
+        Ok(model.with_delay(std::time::Duration::from_millis(file.delay_ms)))
     }
 
     /// A scripted model from replies in memory.
@@ -96,7 +116,13 @@ impl ScriptedModel {
                 ));
             }
         }
-        Ok(ScriptedModel { id: id.into(), replies })
+        Ok(ScriptedModel { id: id.into(), replies, delay: std::time::Duration::ZERO })
+    }
+
+    /// Waits this long before each reply (to simulate provider latency).
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     fn reply(&self, request: &ChatRequest, context: &CallContext) -> Result<ChatResponse, ModelError> {
@@ -161,7 +187,12 @@ impl ChatModel for ScriptedModel {
     }
 
     fn chat<'a>(&'a self, request: &'a ChatRequest, context: &'a CallContext) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
-        Box::pin(async move { self.reply(request, context) })
+        Box::pin(async move {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.reply(request, context)
+        })
     }
 }
 
@@ -233,14 +264,7 @@ mod tests {
 
     #[test]
     fn a_reply_must_say_one_thing() {
-        let both = ScriptedReply {
-            tool: Some("a".into()),
-            tool_id: None,
-            arguments: None,
-            reasoning: None,
-            content: Some("x".into()),
-            json: None,
-        };
+        let both = ScriptedReply { tool: Some("a".into()), ..ScriptedReply::content("x") };
         let error = ScriptedModel::new("scripted:test", vec![both]).unwrap_err();
         assert!(error.contains("exactly one of"), "{error}");
         assert!(ScriptedModel::new("scripted:test", vec![]).unwrap_err().contains("empty"));

@@ -459,6 +459,24 @@ impl Store {
         Ok(turns)
     }
 
+    /// Puts a finished trial back into the state a crash leaves it in, for crash tests:
+    /// `mid_trial` keeps its first turn and marks it `running`; otherwise it becomes
+    /// `planned` with nothing stored.
+    #[doc(hidden)]
+    pub fn simulate_crash(&mut self, run: &str, trial: &str, mid_trial: bool) -> Result<(), StoreError> {
+        let (status, keep_turns) = if mid_trial { ("running", 1) } else { ("planned", 0) };
+        let result = self.connection.execute_batch("BEGIN").and_then(|()| {
+            self.connection.execute("DELETE FROM model_calls WHERE run_id = ?1 AND trial_key = ?2 AND turn_index > ?3", params![run, trial, keep_turns])?;
+            self.connection.execute("DELETE FROM turns WHERE run_id = ?1 AND trial_key = ?2 AND turn_index > ?3", params![run, trial, keep_turns])?;
+            self.connection.execute(
+                "UPDATE trials SET status = ?3, outcome = NULL, outcome_status = NULL, class = NULL, finished_at = NULL WHERE run_id = ?1 AND key = ?2",
+                params![run, trial, status],
+            )?;
+            self.connection.execute_batch("COMMIT")
+        });
+        self.sql(result)
+    }
+
     /// Counts rows per table for a run (used by tests and `dilemma runs --verbose`).
     pub fn row_counts(&self, run: &str) -> Result<(u64, u64, u64), StoreError> {
         let count = |table: &str, column: &str| -> Result<u64, StoreError> {

@@ -1,0 +1,8 @@
+//! Integration tests of the `dilemma` library: one binary, one module per area.
+
+mod report;
+mod run;
+mod scenario;
+mod support;
+mod tidy;
+mod trial;
