@@ -75,9 +75,10 @@ struct RunArgs {
     /// Trials per scenario and agent model.
     #[arg(long, default_value_t = 1)]
     epochs: u32,
-    /// Trials in flight at once.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    /// Trials in flight at once (default: 8, or 1 when a local model takes part: one
+    /// llama.cpp context serves it, and interleaved trials would defeat its prefix cache).
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Run id; give an existing one to resume that run (same arguments required).
     #[arg(long = "run")]
     run_id: Option<String>,
@@ -233,6 +234,9 @@ fn run_command(args: RunArgs) -> Result<()> {
     if let Some(spec) = roles.others.first() {
         bail!("--model {spec}: only the agent and environment roles take part in this suite");
     }
+    let uses_local = agents.iter().any(|agent| agent.id().starts_with("local:"))
+        || roles.environment.as_deref().is_some_and(|spec| spec.starts_with("local:"));
+    let concurrency = args.concurrency.unwrap_or(if uses_local { 1 } else { 8 });
     let run_id = args.run_id.clone().unwrap_or_else(run::new_run_id);
     let options = TrialOptions {
         protocol: match args.protocol {
@@ -249,7 +253,7 @@ fn run_command(args: RunArgs) -> Result<()> {
         agents,
         environment: Arc::new(environment),
         epochs: args.epochs,
-        concurrency: args.concurrency,
+        concurrency,
         options,
     })?;
     let store = Store::open(&args.store).with_context(|| format!("cannot open the store {}", args.store.display()))?;
@@ -386,7 +390,7 @@ fn show_command(store: &std::path::Path, run: &str, trial: &str) -> Result<()> {
             println!("  action:    #{} {}({})   [{role}, risk {}]", action.tool_id, action.tool, action.arguments, action.risk);
         }
         if let Some(observation) = &turn.observation {
-            println!("  observed:  {}", observation.replace('\n', "\n             "));
+            println!("  observed:  {}", observation.trim_end().replace('\n', "\n             "));
         }
     }
     match &record.outcome {

@@ -90,6 +90,8 @@ impl Session {
         if common == tokens.len() {
             common = common.saturating_sub(1);
         }
+        #[allow(clippy::print_stderr)]
+        { eprintln!("DBG common {common} cached {:?} new {:?}", &self.cached[common.min(self.cached.len())..(common+12).min(self.cached.len())], &tokens[common..(common+12).min(tokens.len())]); }
         if common < self.cached.len() {
             let position = u32::try_from(common).unwrap_or(u32::MAX);
             // Partial removal can fail for recurrent models; starting over is always correct.

