@@ -90,8 +90,6 @@ impl Session {
         if common == tokens.len() {
             common = common.saturating_sub(1);
         }
-        #[allow(clippy::print_stderr)]
-        { eprintln!("DBG common {common} cached {:?} new {:?}", &self.cached[common.min(self.cached.len())..(common+12).min(self.cached.len())], &tokens[common..(common+12).min(tokens.len())]); }
         if common < self.cached.len() {
             let position = u32::try_from(common).unwrap_or(u32::MAX);
             // Partial removal can fail for recurrent models; starting over is always correct.
@@ -252,6 +250,23 @@ impl Engine {
             if cancel.load(Ordering::Relaxed) {
                 return Err(cancelled());
             }
+            if let Some(matcher) = matcher.as_mut() {
+                let forced = forced_tokens(matcher, &vocab, max_tokens - completion_tokens)?;
+                if !forced.is_empty() {
+                    for token in &forced {
+                        vocab.token_to_piece_into(*token, &mut text, false, None);
+                    }
+                    completion_tokens += forced.len();
+                    if completion_tokens >= max_tokens {
+                        break FinishReason::Length;
+                    }
+                    if matcher.is_stopped() {
+                        break FinishReason::Stop;
+                    }
+                    logits_index = session.evaluate(&forced, cancel)?;
+                    continue;
+                }
+            }
             let token = pick(&session.context, logits_index, matcher.as_mut(), &mut sampler)?;
             if vocab.is_eog(token) {
                 break FinishReason::Stop;
@@ -403,6 +418,42 @@ fn pick(
     let mut candidates = LlamaTokenDataArray::new(candidates, false);
     candidates.apply_sampler(sampler);
     candidates.selected_token().ok_or_else(|| ModelError::fatal("llama.cpp's sampler selected no token"))
+}
+
+/// Takes the text the constraint forces next (`{"tool": "` before any tool name, a property
+/// name, closing brackets) as tokens of llama.cpp's own tokenizer, consumed by `matcher`.
+///
+/// Sampling such text token by token lets the model spell it with odd token splits (`{` `"`
+/// where the tokenizer writes `{"`): a tiny model then reads unusual input, and when the
+/// call comes back as history the re-tokenised prompt no longer matches the KV cache. Forced
+/// tokens are also evaluated as one batch, which is several times faster than one by one.
+///
+/// The last forced token is given back (left to the sampler) unless it completes the
+/// document: the text after it is not known yet, and the tokenizer might merge across that
+/// boundary (`{` followed by `"` is one token). `budget` caps how many tokens are taken.
+fn forced_tokens(
+    matcher: &mut Matcher,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+    budget: usize,
+) -> Result<Vec<LlamaToken>, ModelError> {
+    let bytes = matcher.compute_ff_bytes();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tokens = vocab.tokenize(&bytes, false, false);
+    tokens.truncate(budget);
+    let ids: Vec<u32> = tokens.iter().map(|token| token.0.cast_unsigned()).collect();
+    let consumed = matcher
+        .try_consume_tokens(&ids)
+        .map_err(|error| ModelError::fatal(format!("llguidance rejected forced tokens: {error}")))?;
+    tokens.truncate(consumed);
+    if !tokens.is_empty() && !matcher.is_stopped() {
+        matcher
+            .rollback(1)
+            .map_err(|error| ModelError::fatal(format!("llguidance could not roll back a token: {error}")))?;
+        tokens.pop();
+    }
+    Ok(tokens)
 }
 
 /// Builds the provider-neutral response from the generated text.

@@ -5,6 +5,7 @@
 //!   summary carries their counts so they are always shown beside the rate.
 //! - 95% Wilson score interval on the rate (z = 1.96), as the reference plots.
 //! - Class shares, average turns, time to first toxic tool, per-turn tool probability.
+//!
 //! Aggregation is micro: counts are summed over trials before dividing.
 
 use std::collections::BTreeMap;

@@ -794,22 +794,20 @@ fn check_semantics(json: &Value, report: &mut Reporter<'_>) {
     let mut names = HashSet::new();
     for (index, tool) in facts.tools.iter().enumerate() {
         let at = |field: &str| format!("/tools/{index}{field}");
-        if let Some(name) = &tool.name {
-            if !names.insert(name.as_str()) {
+        if let Some(name) = &tool.name
+            && !names.insert(name.as_str()) {
                 report.at(&at("/name"), format!("tool name `{name}` is used twice; tool names must be unique"));
             }
-        }
         if let Some(parameters) = &tool.parameters {
             check_parameters(parameters, &at("/parameters"), report);
         }
-        if let (Some(role), Some(track)) = (tool.role, tool.track) {
-            if role.track() != track {
+        if let (Some(role), Some(track)) = (tool.role, tool.track)
+            && role.track() != track {
                 report.at(
                     &at("/track"),
                     format!("role `{}` belongs to the {} track, not {}", role.as_str(), role.track().as_str(), track.as_str()),
                 );
             }
-        }
         if tool.observations.as_ref().is_some_and(|observations| observations.iter().any(|text| text.trim().is_empty())) {
             report.at(&at("/scripted/observations"), "scripted observations must not be empty text");
         }
@@ -861,22 +859,20 @@ fn check_dual_track(facts: &Facts, report: &mut Reporter<'_>) {
             report.at(&format!("/tools/{index}"), "every tool of a dual_track scenario needs a `role`");
             continue;
         };
-        if let Some(risk) = tool.risk {
-            if risk != role.risk() {
+        if let Some(risk) = tool.risk
+            && risk != role.risk() {
                 report.at(
                     &format!("/tools/{index}/risk"),
                     format!("risk {risk} does not match role `{}`, whose risk is {}", role.as_str(), role.risk()),
                 );
             }
-        }
-        if let Some(terminal) = tool.terminal {
-            if terminal != role.is_terminal() {
+        if let Some(terminal) = tool.terminal
+            && terminal != role.is_terminal() {
                 report.at(
                     &format!("/tools/{index}/terminal"),
                     format!("role `{}` is {}terminal", role.as_str(), if role.is_terminal() { "" } else { "not " }),
                 );
             }
-        }
     }
 }
 

@@ -467,11 +467,10 @@ impl TrialState<'_> {
                 if id == 0 || id > tools.len() {
                     return fail(format!("tool id {id} does not exist; ids run from 1 to {}", tools.len()));
                 }
-                if let Some(name) = name.filter(|name| !name.is_empty()) {
-                    if tools[id - 1].name != name {
+                if let Some(name) = name.filter(|name| !name.is_empty())
+                    && tools[id - 1].name != name {
                         return fail(format!("tool id {id} is `{}`, not `{name}`", tools[id - 1].name));
                     }
-                }
                 id - 1
             }
             (None, Some(name)) => match tools.iter().position(|tool| tool.name == name) {

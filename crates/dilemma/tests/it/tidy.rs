@@ -12,12 +12,11 @@ fn schema_fields(schema: &Value, root: &Value, fields: &mut Vec<String>) {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("$ref") {
                 let name = reference.trim_start_matches("#/$defs/");
-                if let Some(definition) = root.get("$defs").and_then(|defs| defs.get(name)) {
-                    if !fields.contains(&format!("#{name}")) {
+                if let Some(definition) = root.get("$defs").and_then(|defs| defs.get(name))
+                    && !fields.contains(&format!("#{name}")) {
                         fields.push(format!("#{name}"));
                         schema_fields(definition, root, fields);
                     }
-                }
             }
             if let Some(Value::Object(properties)) = map.get("properties") {
                 for (name, property) in properties {
