@@ -103,6 +103,9 @@ struct RunArgs {
     /// Folder of suites (default: ./suites, or $DILEMMA_SUITES_DIR).
     #[arg(long, env = "DILEMMA_SUITES_DIR")]
     suites_dir: Option<PathBuf>,
+    /// Do not answer calls from the store's response cache (nor add to it).
+    #[arg(long)]
+    no_cache: bool,
     #[command(flatten)]
     local: models::LocalArgs,
 }
@@ -221,7 +224,14 @@ fn run_command(args: RunArgs) -> Result<()> {
     let scenarios = scenario::load_paths(&paths_to_load)
         .map_err(|problems| anyhow::anyhow!("the suite does not load:\n{problems}\n(run `dilemma check` on it for details)"))?;
     let roles = models::parse_roles(&args.models)?;
-    let mut opener = models::Opener::new(&args.local);
+    let cache: Option<Arc<dyn dilemma::model::ResponseCache>> = if args.no_cache {
+        None
+    } else {
+        let cache = dilemma::store::StoreCache::open(&args.store)
+            .with_context(|| format!("cannot open the store {}", args.store.display()))?;
+        Some(Arc::new(cache))
+    };
+    let mut opener = models::Opener::new(&args.local, cache);
     let agents = if roles.agents.is_empty() { vec![models::DEFAULT_AGENT.to_owned()] } else { roles.agents.clone() };
     let agents = agents
         .iter()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use dilemma::model::{CallPolicy, ChatModel, Model, ModelRole};
+use dilemma::model::{CallPolicy, ChatModel, Model, ModelRole, ResponseCache};
 
 /// The agent when none is given.
 pub const DEFAULT_AGENT: &str = "local:smollm2";
@@ -61,11 +61,13 @@ pub fn parse_roles(arguments: &[String]) -> Result<Roles> {
 pub struct Opener {
     local: LocalArgs,
     opened: HashMap<String, Arc<dyn ChatModel>>,
+    cache: Option<Arc<dyn ResponseCache>>,
 }
 
 impl Opener {
-    pub fn new(local: &LocalArgs) -> Self {
-        Opener { local: local.clone(), opened: HashMap::new() }
+    /// `cache`: where finished responses are kept (the run's store), if anywhere.
+    pub fn new(local: &LocalArgs, cache: Option<Arc<dyn ResponseCache>>) -> Self {
+        Opener { local: local.clone(), opened: HashMap::new(), cache }
     }
 
     pub fn open(&mut self, spec: &str, role: ModelRole) -> Result<Arc<Model>> {
@@ -77,7 +79,11 @@ impl Opener {
                 provider
             }
         };
-        Ok(Arc::new(Model::new(provider, role, CallPolicy::default())))
+        let model = Model::new(provider, role, CallPolicy::default());
+        Ok(Arc::new(match &self.cache {
+            Some(cache) => model.with_cache(cache.clone()),
+            None => model,
+        }))
     }
 
     fn open_provider(&self, spec: &str) -> Result<Arc<dyn ChatModel>> {

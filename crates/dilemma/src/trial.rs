@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, ToolCall, ToolSpec, Usage};
 use crate::environment::{Environment, EnvironmentReply};
@@ -315,7 +316,7 @@ impl TrialState<'_> {
                 world_state: None,
                 calls: Vec::new(),
             };
-            let result = self.play_turn(&mut turn).await;
+            let result = self.play_turn(&mut turn).instrument(tracing::info_span!("turn", index)).await;
             let terminal = turn.action.as_ref().is_some_and(|action| action.terminal);
             if let Err(error) = self.journal.record_turn(&self.setup.key, &turn) {
                 self.turns.push(turn);

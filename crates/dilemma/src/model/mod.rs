@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use tracing::Instrument;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatRequest, ChatResponse, Usage};
@@ -131,6 +132,35 @@ pub trait ChatModel: Send + Sync {
         request: &'a ChatRequest,
         context: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>>;
+
+    /// Whether answers may be served from the response cache. Providers whose answer depends
+    /// on more than the request (the scripted provider reads `CallContext`) say no.
+    fn cacheable(&self) -> bool {
+        true
+    }
+}
+
+/// Finished responses, kept so that a rerun or a resumed run never pays for a call twice.
+/// Implemented by the store; the model layer only sees this trait.
+pub trait ResponseCache: Send + Sync {
+    fn get(&self, key: &str) -> Option<ChatResponse>;
+    /// Must be durable when it returns: a crash right after must not lose the answer.
+    fn put(&self, key: &str, model: &str, role: ModelRole, response: &ChatResponse);
+}
+
+/// The cache key of a call: everything that changes the answer — the provider (its id names
+/// the model and base URL), the role, and the whole request (messages, tools, output format,
+/// sampling settings including the seed). The engine derives seeds from the trial key, which
+/// holds the epoch, so epochs never share an entry.
+pub fn cache_key(provider: &str, role: ModelRole, request: &ChatRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(provider.as_bytes());
+    hasher.update([0]);
+    hasher.update(role.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(request).unwrap_or_default());
+    hex::encode(hasher.finalize())
 }
 
 /// Timeouts and retries for one role's calls.
@@ -176,6 +206,9 @@ pub struct ModelCall {
     pub failed_attempts: Vec<FailedAttempt>,
     /// Wall time of the whole call, retries and backoff included.
     pub latency_ms: u64,
+    /// Served from the response cache: nothing was sent, nothing was paid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 impl ModelCall {
@@ -188,6 +221,8 @@ impl ModelCall {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accounting {
     pub calls: u64,
+    /// Calls answered from the response cache (included in `calls`, not in `usage`).
+    pub cached_calls: u64,
     pub failed_calls: u64,
     pub retries: u64,
     pub usage: Usage,
@@ -198,6 +233,7 @@ pub struct Model {
     provider: Arc<dyn ChatModel>,
     role: ModelRole,
     policy: CallPolicy,
+    cache: Option<Arc<dyn ResponseCache>>,
     accounting: Mutex<Accounting>,
 }
 
@@ -209,7 +245,13 @@ impl fmt::Debug for Model {
 
 impl Model {
     pub fn new(provider: Arc<dyn ChatModel>, role: ModelRole, policy: CallPolicy) -> Self {
-        Model { provider, role, policy, accounting: Mutex::new(Accounting::default()) }
+        Model { provider, role, policy, cache: None, accounting: Mutex::new(Accounting::default()) }
+    }
+
+    /// Serves repeated calls from `cache` and records every finished call in it.
+    pub fn with_cache(mut self, cache: Arc<dyn ResponseCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -227,6 +269,31 @@ impl Model {
     /// Makes one call under the policy. Never fails: a call that could not be completed
     /// is returned with its error so the trial can record it.
     pub async fn call(&self, request: ChatRequest, context: CallContext) -> ModelCall {
+        let span = tracing::info_span!("model_call", role = %self.role, model = self.provider.id(), turn = context.turn);
+        self.call_inner(request, context).instrument(span).await
+    }
+
+    async fn call_inner(&self, request: ChatRequest, context: CallContext) -> ModelCall {
+        let cache = self.cache.as_ref().filter(|_| self.provider.cacheable());
+        let key = cache.map(|_| cache_key(self.provider.id(), self.role, &request));
+        if let (Some(cache), Some(key)) = (cache, &key)
+            && let Some(response) = cache.get(key)
+        {
+            {
+                let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                accounting.calls += 1;
+                accounting.cached_calls += 1;
+                return ModelCall {
+                    role: self.role,
+                    model: self.provider.id().to_owned(),
+                    request,
+                    result: Ok(response),
+                    failed_attempts: Vec::new(),
+                    latency_ms: 0,
+                    cached: true,
+                };
+            }
+        }
         let started = Instant::now();
         let failed_attempts = Mutex::new(Vec::new());
         let backoff = ExponentialBuilder::default()
@@ -279,7 +346,11 @@ impl Model {
             result,
             failed_attempts,
             latency_ms: millis(started),
+            cached: false,
         };
+        if let (Some(cache), Some(key), Ok(response)) = (cache, &key, &call.result) {
+            cache.put(key, &call.model, self.role, response);
+        }
         let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         accounting.calls += 1;
         accounting.retries += call.failed_attempts.len() as u64;

@@ -186,6 +186,11 @@ impl ChatModel for ScriptedModel {
         &self.id
     }
 
+    /// Replies depend on `CallContext::call_index`, which is not part of the request.
+    fn cacheable(&self) -> bool {
+        false
+    }
+
     fn chat<'a>(&'a self, request: &'a ChatRequest, context: &'a CallContext) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(async move {
             if !self.delay.is_zero() {

@@ -12,6 +12,10 @@
 //! - resuming a run deletes the partial turns and calls of trials that were not finished
 //!   and runs them again from the start.
 
+mod cache;
+
+pub use cache::StoreCache;
+
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -21,7 +25,8 @@ use crate::model::ModelCall;
 use crate::trial::{Outcome, Transcript, Turn};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/001_initial.sql"), include_str!("migrations/002_response_cache.sql")];
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +283,7 @@ impl Store {
             .map_err(sql)?;
         {
             let mut insert = transaction
-                .prepare("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, datetime('now'))")
+                .prepare("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, cached, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, datetime('now'))")
                 .map_err(sql)?;
             for (seq, call) in calls.iter().enumerate() {
                 let (response, error) = match &call.result {
@@ -301,6 +306,7 @@ impl Store {
                         sql_int(usage.completion_tokens),
                         sql_int(call.latency_ms),
                         serde_json::to_string(&call.failed_attempts)?,
+                        call.cached,
                     ])
                     .map_err(sql)?;
             }
@@ -421,7 +427,7 @@ impl Store {
             bodies.iter().map(|body| serde_json::from_str(body)).collect::<Result<_, _>>()?
         };
         let mut statement = self.sql(self.connection.prepare(
-            "SELECT turn_index, role, model, request, response, error, latency_ms, failed_attempts FROM model_calls WHERE run_id = ?1 AND trial_key = ?2 ORDER BY turn_index, seq",
+            "SELECT turn_index, role, model, request, response, error, latency_ms, failed_attempts, cached FROM model_calls WHERE run_id = ?1 AND trial_key = ?2 ORDER BY turn_index, seq",
         ))?;
         let calls = statement
             .query_map(params![run, trial], |row| {
@@ -434,11 +440,12 @@ impl Store {
                     row.get::<_, Option<String>>(5)?,
                     row.get::<_, i64>(6)?.max(0) as u64,
                     row.get::<_, String>(7)?,
+                    row.get::<_, bool>(8)?,
                 ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
-        for (turn_index, role, model, request, response, error, latency_ms, failed_attempts) in calls {
+        for (turn_index, role, model, request, response, error, latency_ms, failed_attempts, cached) in calls {
             let result = match (response, error) {
                 (Some(response), _) => Ok(serde_json::from_str(&response)?),
                 (None, Some(error)) => Err(serde_json::from_str(&error)?),
@@ -451,6 +458,7 @@ impl Store {
                 result,
                 failed_attempts: serde_json::from_str(&failed_attempts)?,
                 latency_ms,
+                cached,
             };
             if let Some(turn) = turns.iter_mut().find(|turn| turn.index == turn_index) {
                 turn.calls.push(call);

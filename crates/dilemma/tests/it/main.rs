@@ -1,5 +1,6 @@
 //! Integration tests of the `dilemma` library: one binary, one module per area.
 
+mod model;
 mod report;
 mod run;
 mod scenario;
