@@ -9,10 +9,10 @@
 //! only paid by binaries that want the embedded model.
 //!
 //! How a call runs:
-//! - The request is rendered with the GGUF's own chat template ([`prompt`] maps tool turns
+//! - The request is rendered with the GGUF's own chat template (`prompt` maps tool turns
 //!   to text, since small models' templates have no tool role).
 //! - `JsonSchema` and `ToolCall` outputs are decoded under an llguidance constraint built from
-//!   the schema (tightened first, see [`schema`]); a 135M model cannot follow a tool format
+//!   the schema (tightened first, see `schema`); a 135M model cannot follow a tool format
 //!   without one.
 //! - One llama context per [`LocalModel`] keeps its KV cache between calls, and each call
 //!   evaluates only the tokens after the prefix it shares with the previous one, so a
@@ -21,7 +21,7 @@
 mod engine;
 pub mod locate;
 mod prompt;
-pub mod schema;
+mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -76,6 +76,7 @@ pub enum LocalError {
     /// The file is not a GGUF file.
     #[error("{message}")]
     NotGguf { message: String },
+    /// The model file exists but could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// llama.cpp's backend could not be initialised.
@@ -90,6 +91,7 @@ pub enum LocalError {
     /// The llama context could not be created (usually: not enough memory for `n_ctx`).
     #[error("{message}")]
     Context { message: String },
+    /// A [`LocalOptions`] value llama.cpp cannot use (such as `n_ctx == 0`).
     #[error("{message}")]
     InvalidOptions { message: String },
 }

@@ -110,6 +110,22 @@ async fn tool_call_output_names_an_offered_tool() {
         "do_nothing" => assert!(arguments.is_empty()),
         other => panic!("not an offered tool: {other}"),
     }
+
+    // The call replayed as history must tokenise like the generated text, so that the next
+    // turn reuses the KV cache past the end of the previous prompt.
+    let first = model.last_call_stats().expect("stats");
+    let mut request = request;
+    let mut assistant = Message::assistant("");
+    assistant.tool_calls = response.tool_calls.clone();
+    request.messages.push(assistant);
+    request.messages.push(Message::tool_result(call.id.clone(), "Done."));
+    request.sampling.max_tokens = 1;
+    model.chat(&request, &context(8)).await.expect("follow-up call");
+    let second = model.last_call_stats().expect("stats");
+    assert!(
+        second.reused_tokens > first.prompt_tokens + first.completion_tokens / 2,
+        "{second:?} after {first:?}"
+    );
 }
 
 #[tokio::test]
