@@ -1,7 +1,8 @@
 //! Model specs from the command line (`--model ROLE=SPEC`) to providers.
 //!
 //! Specs: `local:smollm2` (the embedded default), `local:/path/to/model.gguf`,
-//! `scripted:/path/to/replies.yaml`.
+//! `scripted:/path/to/replies.yaml`, `openai:MODEL[@BASE_URL]`, `anthropic:MODEL[@BASE_URL]`,
+//! `gemini:MODEL[@BASE_URL]` (keys from OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -96,7 +97,12 @@ impl Opener {
                 Ok(Arc::new(model))
             }
             "local" => self.open_local(rest),
-            other => bail!("unknown model provider `{other}` in `{spec}`; this build knows local: and scripted:"),
+            "openai" | "anthropic" | "gemini" => {
+                dilemma::model::http::open_http_model(spec).map_err(|message| anyhow::anyhow!("{message}"))
+            }
+            other => bail!(
+                "unknown model provider `{other}` in `{spec}`; known: local:, scripted:, openai:, anthropic:, gemini:"
+            ),
         }
     }
 

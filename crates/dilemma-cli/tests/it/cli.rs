@@ -83,7 +83,6 @@ fn a_scripted_run_prints_the_table_and_writes_json_and_csv() {
 
 #[test]
 fn user_errors_say_what_to_do() {
-    let work = tempfile::tempdir().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["run", "no-such-suite"], "no suite or path `no-such-suite`"),
         (&["run", "--model", "agent"], "--model agent: write ROLE=SPEC, e.g. --model agent=local:smollm2"),
@@ -92,9 +91,11 @@ fn user_errors_say_what_to_do() {
         (&["run", "--model", "agent=carrier-pigeon:fast"], "unknown model provider `carrier-pigeon`"),
         (&["run", "--model", "agent=scripted:/no/such/file.yaml"], "cannot read scripted model file /no/such/file.yaml"),
         (&["report", "nope"], "no store at"),
+        (&["run", "--model", "agent=anthropic:claude-x"], "ANTHROPIC_API_KEY"),
         (&["check", "no/such/path"], "no/such/path:1:1: no such file or folder"),
     ];
     for (arguments, expected) in cases {
+        let work = tempfile::tempdir().unwrap();
         let (code, stdout, stderr) = run(dilemma(work.path()).args(*arguments));
         assert_ne!(code, 0, "{arguments:?} should fail");
         assert!(format!("{stdout}{stderr}").contains(expected), "{arguments:?}: expected {expected:?} in\n{stdout}{stderr}");

@@ -3,5 +3,6 @@
 mod cli;
 #[cfg(feature = "local-llm")]
 mod embedded;
+mod providers;
 mod resume;
 mod support;

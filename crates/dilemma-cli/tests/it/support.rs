@@ -18,7 +18,11 @@ pub fn dilemma(work: &Path) -> Command {
         .current_dir(repo_root())
         .env("DILEMMA_STORE", work.join("store.sqlite"))
         .env("DILEMMA_MODEL_DIR", repo_root().join("models"))
-        .env_remove("DILEMMA_SUITES_DIR");
+        .env_remove("DILEMMA_SUITES_DIR")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("GEMINI_API_KEY");
     command
 }
 

@@ -5,6 +5,10 @@
 //! Providers only translate [`ChatRequest`]s to their wire format and back; they never
 //! retry, sleep, count or store. That keeps policy in one place for every provider.
 
+pub mod anthropic;
+pub mod gemini;
+pub mod http;
+pub mod openai;
 pub mod scripted;
 
 use std::fmt;

@@ -1,0 +1,257 @@
+//! What the mock answers: a deterministic chat completion for a request body.
+//!
+//! No randomness: the same request (and, for the `cycle` policy, the same position in the
+//! request sequence) always gets the same reply, so a test can predict it. When tools are
+//! offered the mock calls one of them with the smallest arguments its schema allows; when a
+//! `json_schema` response format is given it writes a document valid against the schema
+//! (picking one branch of each `anyOf`, as the agent's `{reasoning, tool_choice}` answer
+//! needs); otherwise it writes a short text.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// How the mock picks among offered tools (and among `anyOf` branches of a schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Always the first.
+    First,
+    /// Always the last.
+    Last,
+    /// The request's position in the sequence of chat requests, modulo the count.
+    Cycle,
+    /// A hash of the request's messages, modulo the count: the same conversation always
+    /// gets the same choice.
+    #[default]
+    Hash,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "first" => Ok(Policy::First),
+            "last" => Ok(Policy::Last),
+            "cycle" => Ok(Policy::Cycle),
+            "hash" => Ok(Policy::Hash),
+            other => Err(format!("unknown policy `{other}`; use first, last, cycle or hash")),
+        }
+    }
+}
+
+/// Picks an index in `0..count` for this request.
+#[derive(Debug, Clone, Copy)]
+pub struct Chooser {
+    pub policy: Policy,
+    /// The request's position among chat requests (0-based).
+    pub sequence: u64,
+    /// A hash of the request's messages.
+    pub messages_hash: u64,
+}
+
+impl Chooser {
+    pub fn pick(&self, count: usize) -> usize {
+        if count == 0 {
+            return 0;
+        }
+        let count64 = count as u64;
+        let index = match self.policy {
+            Policy::First => 0,
+            Policy::Last => count64 - 1,
+            Policy::Cycle => self.sequence % count64,
+            Policy::Hash => self.messages_hash % count64,
+        };
+        index as usize
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of some bytes.
+pub fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// A 64-bit hash of some bytes (the first 8 bytes of their SHA-256).
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let digest = Sha256::digest(bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The chat completion for a parsed request body.
+pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value {
+    let messages = request.get("messages").cloned().unwrap_or(Value::Null);
+    let messages_text = messages.to_string();
+    let chooser = Chooser { policy, sequence, messages_hash: hash64(messages_text.as_bytes()) };
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let tag = short_hash(messages_text.as_bytes());
+
+    let tools: Vec<&Value> = request.get("tools").and_then(Value::as_array).into_iter().flatten().collect();
+    let tool_choice = request.get("tool_choice");
+    let forced_name = tool_choice.and_then(|choice| choice.pointer("/function/name")).and_then(Value::as_str);
+    let tools_allowed = tool_choice.and_then(Value::as_str) != Some("none");
+    let schema = request
+        .get("response_format")
+        .filter(|format| format.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .and_then(|format| format.pointer("/json_schema/schema"));
+
+    let (message, finish_reason, written) = if !tools.is_empty() && tools_allowed {
+        let tool = forced_name
+            .and_then(|name| tools.iter().find(|tool| tool.pointer("/function/name").and_then(Value::as_str) == Some(name)))
+            .copied()
+            .unwrap_or_else(|| tools[chooser.pick(tools.len())]);
+        let name = tool.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
+        let parameters = tool.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
+        let arguments = instance(&parameters, &parameters, None, &chooser, 0).to_string();
+        let call = json!({"id": format!("call_{tag}"), "type": "function", "function": {"name": name, "arguments": arguments}});
+        (json!({"role": "assistant", "content": null, "tool_calls": [call]}), "tool_calls", arguments)
+    } else if let Some(schema) = schema {
+        let document = instance(schema, schema, None, &chooser, 0).to_string();
+        (json!({"role": "assistant", "content": document}), "stop", document)
+    } else {
+        let text = format!("Mock reply {}.", &tag[..8]);
+        (json!({"role": "assistant", "content": text}), "stop", text)
+    };
+    // Rough counts (four characters a token), so that token accounting has something to add.
+    let prompt_tokens = messages_text.len() as u64 / 4 + 1;
+    let completion_tokens = written.len() as u64 / 4 + 1;
+    json!({
+        "id": format!("chatcmpl-mock-{tag}"),
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    })
+}
+
+/// How deep `$ref`s and nesting are followed before giving up (a recursive schema).
+const MAX_DEPTH: usize = 32;
+
+/// A small JSON value valid against a (practical subset of) JSON Schema: required properties
+/// only, `const`, the first `enum` value, one `anyOf`/`oneOf` branch picked by the chooser,
+/// local `$ref`s, minimums and minimum lengths. `name` is the property the value is for.
+pub fn instance(schema: &Value, root: &Value, name: Option<&str>, chooser: &Chooser, depth: usize) -> Value {
+    if depth > MAX_DEPTH {
+        return Value::Null;
+    }
+    let Some(schema) = schema.as_object() else {
+        // `true` or `{}`-like schemas accept anything.
+        return Value::Null;
+    };
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let target = reference.strip_prefix('#').and_then(|pointer| root.pointer(pointer)).unwrap_or(&Value::Null);
+        return instance(target, root, name, chooser, depth + 1);
+    }
+    if let Some(constant) = schema.get("const") {
+        return constant.clone();
+    }
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|options| options.first()) {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema.get(key).and_then(Value::as_array).filter(|options| !options.is_empty()) {
+            return instance(&options[chooser.pick(options.len())], root, name, chooser, depth + 1);
+        }
+    }
+    if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+        let mut merged = Map::new();
+        for part in parts {
+            match instance(part, root, name, chooser, depth + 1) {
+                Value::Object(object) => merged.extend(object),
+                other => return other,
+            }
+        }
+        return Value::Object(merged);
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(Value::Array(kinds)) => {
+            kinds.iter().filter_map(Value::as_str).find(|kind| *kind != "null").unwrap_or("null")
+        }
+        _ if schema.contains_key("properties") => "object",
+        _ => "null",
+    };
+    match kind {
+        "object" => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let mut object = Map::new();
+            for key in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                let property = properties.and_then(|properties| properties.get(key)).unwrap_or(&Value::Null);
+                object.insert(key.to_owned(), instance(property, root, Some(key), chooser, depth + 1));
+            }
+            Value::Object(object)
+        }
+        "string" => {
+            let minimum = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let maximum = schema.get("maxLength").and_then(Value::as_u64).map(|max| max as usize);
+            let mut text = match name {
+                Some("reasoning") => "Mock reasoning: a deterministic choice.".to_owned(),
+                _ => "mock".to_owned(),
+            };
+            while text.len() < minimum {
+                text.push('x');
+            }
+            if let Some(maximum) = maximum {
+                text.truncate(maximum);
+            }
+            Value::String(text)
+        }
+        "integer" | "number" => {
+            let bound = |key: &str| schema.get(key).and_then(Value::as_f64);
+            let mut value = bound("minimum").or(bound("exclusiveMinimum").map(|min| min.floor() + 1.0)).unwrap_or(0.0);
+            if let Some(maximum) = bound("maximum").or(bound("exclusiveMaximum").map(|max| max.ceil() - 1.0))
+                && value > maximum
+            {
+                value = maximum;
+            }
+            if kind == "integer" || value.fract() == 0.0 {
+                Value::from(value.ceil() as i64)
+            } else {
+                Value::from(value)
+            }
+        }
+        "boolean" => Value::Bool(false),
+        "array" => {
+            let count = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let item = schema.get("items").map(|items| instance(items, root, None, chooser, depth + 1)).unwrap_or(Value::Null);
+            Value::Array(vec![item; count])
+        }
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chooser(policy: Policy) -> Chooser {
+        Chooser { policy, sequence: 5, messages_hash: 7 }
+    }
+
+    #[test]
+    fn policies_pick_as_documented() {
+        assert_eq!(chooser(Policy::First).pick(3), 0);
+        assert_eq!(chooser(Policy::Last).pick(3), 2);
+        assert_eq!(chooser(Policy::Cycle).pick(3), 2);
+        assert_eq!(chooser(Policy::Hash).pick(3), 1);
+        assert_eq!(chooser(Policy::Hash).pick(0), 0);
+    }
+
+    #[test]
+    fn instances_follow_refs_bounds_and_branches() {
+        let schema = json!({
+            "$defs": {"hours": {"type": "integer", "minimum": 2, "maximum": 9}},
+            "type": "object",
+            "properties": {
+                "hours": {"$ref": "#/$defs/hours"},
+                "note": {"type": "string", "minLength": 6},
+                "pick": {"anyOf": [{"const": "a"}, {"const": "b"}, {"const": "c"}]},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "optional": {"type": "string"}
+            },
+            "required": ["hours", "note", "pick", "tags"]
+        });
+        let value = instance(&schema, &schema, None, &chooser(Policy::Last), 0);
+        assert_eq!(value, json!({"hours": 2, "note": "mockxx", "pick": "c", "tags": ["mock"]}));
+    }
+}
