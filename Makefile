@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DILEMMA := target/release/dilemma
 
-.PHONY: run test deps model build check clean
+.PHONY: run test deps model build check clean crash-test
 
 ## Install what is missing, build, run the built-in suite on the embedded model, print the table.
 run: deps model build
@@ -28,6 +28,14 @@ build: deps
 ## Validate every shipped scenario.
 check: build
 	$(DILEMMA) check suites
+
+## Crash safety, the long form: kill -9 a run against dilemma-mock 20 times at seeded random
+## moments, resume it, and check that it stored every trial once, matches an uninterrupted run
+## and paid no finished model call twice (scripts/crash-test.sh; CI runs 5 kills through
+## scripts/ci-extra.sh).
+crash-test: deps
+	$(CARGO) build --release --locked -p dilemma-cli -p dilemma-mock
+	bash scripts/crash-test.sh --kills 20
 
 clean:
 	$(CARGO) clean

@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run a suite: every scenario × agent model × epoch, stored and resumable.
     Run(RunArgs),
+    /// Print what `run` with the same arguments would do: trials, calls, tokens and cost.
+    Plan(RunArgs),
     /// Validate scenario files; reports every problem with file, line, column and field.
     Check {
         /// Scenario files or folders (searched for *.yaml / *.yml).
@@ -106,6 +108,24 @@ struct RunArgs {
     /// Do not answer calls from the store's response cache (nor add to it).
     #[arg(long)]
     no_cache: bool,
+    /// Stop starting trials after this many infrastructure errors (0: no limit).
+    #[arg(long, default_value_t = 25)]
+    error_budget: u64,
+    /// A trial whose calls need more retries than this ends as an infrastructure error.
+    #[arg(long, default_value_t = 12)]
+    trial_retry_budget: u32,
+    /// On resume, run again the trials that ended in infrastructure errors.
+    #[arg(long)]
+    retry_errors: bool,
+    /// Stop starting trials once the run has spent this much (USD; needs --prices).
+    #[arg(long)]
+    max_cost: Option<f64>,
+    /// Prices per model (TOML, USD per million tokens; see `dilemma::cost`).
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    /// Calls in flight per provider endpoint and role; halves on 429, grows back on success.
+    #[arg(long, default_value_t = 64)]
+    endpoint_concurrency: usize,
     #[command(flatten)]
     local: models::LocalArgs,
 }
@@ -137,6 +157,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
+        Command::Plan(args) => plan_command(args),
         Command::Check { paths } => check_command(&paths),
         Command::Report(args) => report_command(&args),
         Command::List { suites_dir } => list_command(suites_dir),
@@ -216,7 +237,9 @@ fn collect_suites(folder: &std::path::Path, suites: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
-fn run_command(args: RunArgs) -> Result<()> {
+/// Loads the suites, opens the models and lays out the plan (shared by `run` and `plan`).
+/// `cache`: whether calls go through the store's response cache (`plan` sends nothing).
+fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
     let mut paths_to_load = Vec::new();
     for suite in &args.suites {
         paths_to_load.push(paths::resolve_suite(suite, args.suites_dir.clone())?);
@@ -224,14 +247,24 @@ fn run_command(args: RunArgs) -> Result<()> {
     let scenarios = scenario::load_paths(&paths_to_load)
         .map_err(|problems| anyhow::anyhow!("the suite does not load:\n{problems}\n(run `dilemma check` on it for details)"))?;
     let roles = models::parse_roles(&args.models)?;
-    let cache: Option<Arc<dyn dilemma::model::ResponseCache>> = if args.no_cache {
+    if let Some(spec) = roles.others.first() {
+        bail!("--model {spec}: only the agent and environment roles take part in this suite");
+    }
+    let prices = match &args.prices {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            dilemma::cost::PriceTable::from_toml(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?
+        }
+        None => dilemma::cost::PriceTable::default(),
+    };
+    let cache: Option<Arc<dyn dilemma::model::ResponseCache>> = if args.no_cache || !cache {
         None
     } else {
         let cache = dilemma::store::StoreCache::open(&args.store)
             .with_context(|| format!("cannot open the store {}", args.store.display()))?;
         Some(Arc::new(cache))
     };
-    let mut opener = models::Opener::new(&args.local, cache);
+    let mut opener = models::Opener::new(&args.local, cache, args.endpoint_concurrency);
     let agents = if roles.agents.is_empty() { vec![models::DEFAULT_AGENT.to_owned()] } else { roles.agents.clone() };
     let agents = agents
         .iter()
@@ -241,9 +274,6 @@ fn run_command(args: RunArgs) -> Result<()> {
         Some(spec) => Environment::Llm(opener.open(spec, ModelRole::Environment)?),
         None => Environment::Scripted,
     };
-    if let Some(spec) = roles.others.first() {
-        bail!("--model {spec}: only the agent and environment roles take part in this suite");
-    }
     let uses_local = agents.iter().any(|agent| agent.id().starts_with("local:"))
         || roles.environment.as_deref().is_some_and(|spec| spec.starts_with("local:"));
     let concurrency = args.concurrency.unwrap_or(if uses_local { 1 } else { 8 });
@@ -254,6 +284,7 @@ fn run_command(args: RunArgs) -> Result<()> {
             ProtocolArg::Tools => Protocol::Tools,
         },
         reask_limit: args.reask,
+        retry_budget: args.trial_retry_budget,
         agent_sampling: dilemma::chat::Sampling { temperature: args.temperature, max_tokens: args.max_tokens, seed: None },
         environment_sampling: dilemma::chat::Sampling { temperature: 0.7, max_tokens: args.max_tokens, seed: None },
     };
@@ -265,7 +296,16 @@ fn run_command(args: RunArgs) -> Result<()> {
         epochs: args.epochs,
         concurrency,
         options,
+        max_infrastructure_errors: (args.error_budget > 0).then_some(args.error_budget),
+        retry_errors: args.retry_errors,
+        max_cost: args.max_cost,
+        prices,
     })?;
+    Ok((plan, run_id))
+}
+
+fn run_command(args: RunArgs) -> Result<()> {
+    let (plan, run_id) = prepare(&args, true)?;
     let store = Store::open(&args.store).with_context(|| format!("cannot open the store {}", args.store.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -275,9 +315,42 @@ fn run_command(args: RunArgs) -> Result<()> {
     let (summary, store) = outcome?;
     let out = args.out.clone().unwrap_or_else(|| paths::default_out(&run_id));
     write_report(&store, &run_id, &out)?;
+    if let Some(cost) = summary.cost.filter(|cost| *cost > 0.0) {
+        println!("spent this session: ${cost:.4}");
+    }
+    if let Some(reason) = summary.stopped {
+        bail!("run {run_id} stopped: {reason}");
+    }
     if !summary.complete {
         bail!("run {run_id} stopped before every trial finished; run the same command again to resume it");
     }
+    Ok(())
+}
+
+/// `dilemma plan`: what a run would do and cost, before anything is sent.
+fn plan_command(args: RunArgs) -> Result<()> {
+    let (plan, run_id) = prepare(&args, false)?;
+    println!("run {run_id}: {} trials", plan.trial_count());
+    for (label, turns) in [("typical (5 turns per trial)", Some(5)), ("upper bound (every trial to max_turns)", None)] {
+        let estimate = plan.estimate(turns);
+        println!("\n{label}: {} model calls", estimate.calls());
+        println!("  {:<12} {:<40} {:>8} {:>14} {:>14} {:>10}", "role", "model", "calls", "prompt tok", "output tok", "cost");
+        for role in &estimate.roles {
+            let cost = role.cost.map_or_else(|| "unpriced".to_owned(), |cost| format!("${cost:.4}"));
+            println!(
+                "  {:<12} {:<40} {:>8} {:>14} {:>14} {:>10}",
+                role.role, role.model, role.calls, role.prompt_tokens, role.completion_tokens, cost
+            );
+        }
+        match estimate.total_cost() {
+            Some(cost) => println!("  total cost: ${cost:.4}"),
+            None => println!("  total cost: unknown (give prices for every model with --prices)"),
+        }
+    }
+    println!(
+        "\nEstimates assume {} tokens per reply and four characters per token; re-asks and retries are not counted.",
+        run::ASSUMED_REPLY_TOKENS
+    );
     Ok(())
 }
 
@@ -305,6 +378,13 @@ fn show_progress(mut receiver: tokio::sync::mpsc::UnboundedReceiver<RunEvent>) {
                     );
                     new_bar.enable_steady_tick(Duration::from_millis(200));
                     bar = Some(new_bar);
+                }
+            }
+            RunEvent::Stopping { reason } => {
+                if let Some(bar) = &bar {
+                    bar.suspend(|| eprintln!("stopping: {reason}"));
+                } else {
+                    eprintln!("stopping: {reason}");
                 }
             }
             RunEvent::TrialFinished { key, status, class } => {

@@ -63,12 +63,14 @@ pub struct Opener {
     local: LocalArgs,
     opened: HashMap<String, Arc<dyn ChatModel>>,
     cache: Option<Arc<dyn ResponseCache>>,
+    limits: dilemma::model::limit::Limits,
 }
 
 impl Opener {
     /// `cache`: where finished responses are kept (the run's store), if anywhere.
-    pub fn new(local: &LocalArgs, cache: Option<Arc<dyn ResponseCache>>) -> Self {
-        Opener { local: local.clone(), opened: HashMap::new(), cache }
+    /// `endpoint_concurrency`: the ceiling of each remote endpoint's adaptive limit per role.
+    pub fn new(local: &LocalArgs, cache: Option<Arc<dyn ResponseCache>>, endpoint_concurrency: usize) -> Self {
+        Opener { local: local.clone(), opened: HashMap::new(), cache, limits: dilemma::model::limit::Limits::new(endpoint_concurrency) }
     }
 
     pub fn open(&mut self, spec: &str, role: ModelRole) -> Result<Arc<Model>> {
@@ -80,11 +82,15 @@ impl Opener {
                 provider
             }
         };
-        let model = Model::new(provider, role, CallPolicy::default());
-        Ok(Arc::new(match &self.cache {
-            Some(cache) => model.with_cache(cache.clone()),
-            None => model,
-        }))
+        let mut model = Model::new(provider.clone(), role, CallPolicy::default());
+        if let Some(cache) = &self.cache {
+            model = model.with_cache(cache.clone());
+        }
+        // Remote endpoints get an adaptive limit; in-process models serialise themselves.
+        if dilemma::model::http::is_http_spec(spec) {
+            model = model.with_limit(self.limits.for_endpoint(provider.id(), role));
+        }
+        Ok(Arc::new(model))
     }
 
     fn open_provider(&self, spec: &str) -> Result<Arc<dyn ChatModel>> {

@@ -6,6 +6,7 @@
 //! rendering. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod chat;
+pub mod cost;
 pub mod environment;
 pub mod metrics;
 pub mod model;

@@ -38,6 +38,15 @@ pub struct RunConfig {
     /// Trials in flight at once.
     pub concurrency: usize,
     pub options: TrialOptions,
+    /// The run's error budget: after this many infrastructure errors no new trial starts
+    /// (the run stops, resumable), so an outage does not burn through the plan.
+    pub max_infrastructure_errors: Option<u64>,
+    /// On resume, run again the trials that ended in an infrastructure error.
+    pub retry_errors: bool,
+    /// Stop starting new trials once the models' spend reaches this (USD).
+    pub max_cost: Option<f64>,
+    /// Prices per model, for cost accounting and `max_cost`.
+    pub prices: crate::cost::PriceTable,
 }
 
 /// A configuration error found before anything runs.
@@ -65,11 +74,87 @@ pub struct Plan {
     environment: Arc<Environment>,
     options: TrialOptions,
     concurrency: usize,
+    max_infrastructure_errors: Option<u64>,
+    retry_errors: bool,
+    max_cost: Option<f64>,
+    prices: crate::cost::PriceTable,
 }
 
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan").field("run", &self.run.id).field("trials", &self.trials.len()).finish()
+    }
+}
+
+/// Tokens an agent or environment reply is assumed to take in estimates.
+pub const ASSUMED_REPLY_TOKENS: u64 = 150;
+
+impl Plan {
+    /// Trials in the plan.
+    pub fn trial_count(&self) -> usize {
+        self.trials.len()
+    }
+
+    /// Expected calls, tokens and cost, before anything is sent. `turns`: assume every trial
+    /// runs this many turns (capped by each scenario's `max_turns`); `None`: the upper
+    /// bound, every trial running to `max_turns`. Replies are assumed to take
+    /// [`ASSUMED_REPLY_TOKENS`]; prompts are measured from the rendered text.
+    pub fn estimate(&self, turns: Option<u32>) -> crate::cost::Estimate {
+        use crate::cost::{RoleEstimate, approximate_tokens, trial_tokens};
+        let mut roles: Vec<RoleEstimate> = Vec::new();
+        let mut add = |role: &str, model: &str, calls: u64, (prompt, completion): (u64, u64)| {
+            match roles.iter_mut().find(|entry| entry.role == role && entry.model == model) {
+                Some(entry) => {
+                    entry.calls += calls;
+                    entry.prompt_tokens += prompt;
+                    entry.completion_tokens += completion;
+                }
+                None => roles.push(RoleEstimate {
+                    role: role.to_owned(),
+                    model: model.to_owned(),
+                    calls,
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    cost: None,
+                }),
+            }
+        };
+        for trial in &self.trials {
+            let prepared = &self.prepared[trial.scenario];
+            let scenario = &prepared.scenario;
+            let trial_turns = u64::from(turns.map_or(scenario.max_turns, |turns| turns.min(scenario.max_turns)));
+            let observations: Vec<u64> = scenario
+                .tools
+                .iter()
+                .filter_map(|tool| tool.scripted.as_ref())
+                .flat_map(|scripted| scripted.observations.iter().map(|text| approximate_tokens(text)))
+                .collect();
+            let observation = if observations.is_empty() {
+                ASSUMED_REPLY_TOKENS
+            } else {
+                observations.iter().sum::<u64>() / observations.len() as u64
+            };
+            let base = approximate_tokens(&prepared.agent_system) + approximate_tokens(&prepared.agent_opening);
+            let agent = self.agents[trial.agent].id();
+            add("agent", agent, trial_turns, trial_tokens(base, ASSUMED_REPLY_TOKENS, observation, trial_turns));
+            if let Environment::Llm(model) = self.environment.as_ref() {
+                // The environment sees its system prompt and one message per turn; the list of
+                // earlier actions grows by about 30 tokens a turn.
+                let base = approximate_tokens(&prepared.environment_system) + ASSUMED_REPLY_TOKENS;
+                let prompt = trial_tokens(base, 30, 0, trial_turns).0;
+                add("environment", model.id(), trial_turns, (prompt, trial_turns * ASSUMED_REPLY_TOKENS));
+            }
+        }
+        for entry in &mut roles {
+            entry.cost = self.prices.cost(
+                &entry.model,
+                crate::chat::Usage { prompt_tokens: entry.prompt_tokens, completion_tokens: entry.completion_tokens },
+            );
+        }
+        crate::cost::Estimate {
+            turns_per_trial: turns.map_or_else(|| "max_turns".to_owned(), |turns| turns.to_string()),
+            roles,
+        }
     }
 }
 
@@ -105,6 +190,20 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
     }
     if !problems.is_empty() {
         return Err(RunError::Config(problems.join("\n")));
+    }
+    if config.max_cost.is_some() {
+        let mut unpriced: Vec<String> = config.agents.iter().map(|agent| agent.id().to_owned()).collect();
+        if let Environment::Llm(model) = config.environment.as_ref() {
+            unpriced.push(model.id().to_owned());
+        }
+        unpriced.retain(|id| config.prices.price(id).is_none());
+        unpriced.dedup();
+        if !unpriced.is_empty() {
+            return Err(RunError::Config(format!(
+                "--max-cost needs a price for every model, and there is none for {}; add them to a --prices file",
+                unpriced.join(", ")
+            )));
+        }
     }
     let mut agent_ids = HashSet::new();
     for agent in &config.agents {
@@ -156,7 +255,10 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
         hex::encode(hasher.finalize())[..16].to_owned()
     };
     let mut frozen = frozen;
+    // Settings that do not change any answer stay outside the plan hash: a run may resume
+    // with another concurrency or budget.
     frozen["concurrency"] = json!(config.concurrency);
+    frozen["prices"] = json!(config.prices);
     Ok(Plan {
         run: RunRecord {
             id: config.run_id,
@@ -173,6 +275,10 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
         environment: config.environment,
         options: config.options,
         concurrency: config.concurrency.max(1),
+        max_infrastructure_errors: config.max_infrastructure_errors,
+        retry_errors: config.retry_errors,
+        max_cost: config.max_cost,
+        prices: config.prices,
     })
 }
 
@@ -183,16 +289,22 @@ pub enum RunEvent {
     Started { run: String, total: usize, already_finished: usize, restarted: usize, resumed: bool },
     /// A trial's outcome is committed.
     TrialFinished { key: String, status: TrialStatus, class: Option<BehaviourClass> },
+    /// No new trials will start; the run can be resumed with the same command.
+    Stopping { reason: String },
 }
 
 /// What a run did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
     pub run: String,
     pub planned: usize,
     pub ran_now: usize,
     pub skipped_finished: usize,
     pub complete: bool,
+    /// Why the run stopped before every trial finished, when a budget stopped it.
+    pub stopped: Option<String>,
+    /// What the run's model calls cost, where every model has a price.
+    pub cost: Option<f64>,
 }
 
 enum WriterCommand {
@@ -253,7 +365,7 @@ pub async fn execute(
     mut store: Store,
     events: mpsc::UnboundedSender<RunEvent>,
 ) -> Result<(RunSummary, Store), RunError> {
-    let start: RunStart = store.create_or_resume_run(&plan.run, &plan.rows)?;
+    let start: RunStart = store.create_or_resume_run(&plan.run, &plan.rows, plan.retry_errors)?;
     let finished: HashSet<String> = start.finished.iter().cloned().collect();
     let run_id = plan.run.id.clone();
     let _ = events.send(RunEvent::Started {
@@ -267,8 +379,17 @@ pub async fn execute(
     let journal: Arc<dyn TurnJournal> = Arc::new(WriterJournal { sender: writer.clone() });
     let semaphore = Arc::new(Semaphore::new(plan.concurrency));
     let store_failed = Arc::new(AtomicBool::new(false));
+    let infrastructure_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut stopped: Option<String> = None;
     let mut tasks = tokio::task::JoinSet::new();
     let mut ran_now = 0;
+    let spend = || -> Option<f64> {
+        let models = plan.agents.iter().chain(match plan.environment.as_ref() {
+            Environment::Llm(model) => Some(model),
+            Environment::Scripted => None,
+        });
+        models.map(|model| plan.prices.cost(model.id(), model.accounting().usage)).sum()
+    };
     let span = tracing::info_span!("run", run = %run_id);
     for trial in &plan.trials {
         if finished.contains(&trial.row.key) {
@@ -278,6 +399,21 @@ pub async fn execute(
             break;
         }
         let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+        let errors = infrastructure_errors.load(Ordering::SeqCst);
+        if let Some(budget) = plan.max_infrastructure_errors.filter(|budget| errors >= *budget) {
+            stopped = Some(format!(
+                "{errors} trials ended in infrastructure errors, the run's budget is {budget}; fix the cause, then run the same command with --retry-errors to resume"
+            ));
+        }
+        if let (Some(limit), Some(spent)) = (plan.max_cost, spend())
+            && spent >= limit
+        {
+            stopped = Some(format!("the run has spent ${spent:.4} of its --max-cost ${limit:.4}"));
+        }
+        if let Some(reason) = &stopped {
+            let _ = events.send(RunEvent::Stopping { reason: reason.clone() });
+            break;
+        }
         ran_now += 1;
         let setup = TrialSetup {
             key: trial.row.key.clone(),
@@ -290,16 +426,23 @@ pub async fn execute(
         let journal = journal.clone();
         let events = events.clone();
         let store_failed = store_failed.clone();
+        let infrastructure_errors = infrastructure_errors.clone();
         let trial_span = tracing::info_span!(parent: &span, "trial", key = %setup.key);
         tasks.spawn(
             async move {
                 let _permit = permit;
                 let result = run_one(setup, &writer, journal.as_ref(), &events).await;
-                if let Err(error) = &result {
-                    tracing::error!(%error, "store failure; no new trials will start");
-                    store_failed.store(true, Ordering::SeqCst);
+                match &result {
+                    Ok(TrialStatus::InfrastructureError) => {
+                        infrastructure_errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "store failure; no new trials will start");
+                        store_failed.store(true, Ordering::SeqCst);
+                    }
                 }
-                result
+                result.map(|_| ())
             }
             .instrument(trial_span),
         );
@@ -324,7 +467,15 @@ pub async fn execute(
         return Err(error);
     }
     Ok((
-        RunSummary { run: run_id, planned: plan.trials.len(), ran_now, skipped_finished: finished.len(), complete },
+        RunSummary {
+            run: run_id,
+            planned: plan.trials.len(),
+            ran_now,
+            skipped_finished: finished.len(),
+            complete,
+            stopped,
+            cost: spend(),
+        },
         store,
     ))
 }
@@ -342,7 +493,7 @@ async fn run_one(
     writer: &mpsc::UnboundedSender<WriterCommand>,
     journal: &dyn TurnJournal,
     events: &mpsc::UnboundedSender<RunEvent>,
-) -> Result<(), String> {
+) -> Result<TrialStatus, String> {
     let (ack, started) = oneshot::channel();
     writer.send(WriterCommand::Start { trial: setup.key.clone(), ack }).map_err(|_| "store writer stopped")?;
     started.await.map_err(|_| "store writer stopped")??;
@@ -354,5 +505,5 @@ async fn run_one(
         .map_err(|_| "store writer stopped")?;
     committed.await.map_err(|_| "store writer stopped")??;
     let _ = events.send(RunEvent::TrialFinished { key: setup.key, status, class });
-    Ok(())
+    Ok(status)
 }

@@ -30,6 +30,9 @@ pub struct TrialOptions {
     pub protocol: Protocol,
     /// How many times an unusable reply is asked again before the trial ends.
     pub reask_limit: u32,
+    /// The trial's error budget: once its model calls needed more retries than this in all,
+    /// it ends as an infrastructure error instead of retrying its way through an outage.
+    pub retry_budget: u32,
     pub agent_sampling: Sampling,
     pub environment_sampling: Sampling,
 }
@@ -39,6 +42,7 @@ impl Default for TrialOptions {
         TrialOptions {
             protocol: Protocol::Json,
             reask_limit: 2,
+            retry_budget: 12,
             agent_sampling: Sampling { temperature: 0.7, max_tokens: 1024, seed: None },
             environment_sampling: Sampling { temperature: 0.7, max_tokens: 1024, seed: None },
         }
@@ -49,8 +53,8 @@ impl Default for TrialOptions {
 pub struct PreparedScenario {
     pub scenario: Arc<Scenario>,
     pub hash: String,
-    agent_system: String,
-    agent_opening: String,
+    pub(crate) agent_system: String,
+    pub(crate) agent_opening: String,
     tools: Vec<ToolSpec>,
     answer_schema: Value,
     pub(crate) environment_system: String,
@@ -273,6 +277,7 @@ struct TrialState<'a> {
     agent_calls: u32,
     environment_calls: u32,
     usage: BTreeMap<ModelRole, Usage>,
+    retries: u32,
     turns: Vec<Turn>,
 }
 
@@ -291,6 +296,7 @@ pub async fn run_trial(setup: &TrialSetup, journal: &dyn TurnJournal) -> (Transc
         agent_calls: 0,
         environment_calls: 0,
         usage: BTreeMap::new(),
+        retries: 0,
         turns: Vec::new(),
     };
     let (status, error) = state.run().await;
@@ -318,6 +324,7 @@ impl TrialState<'_> {
             };
             let result = self.play_turn(&mut turn).instrument(tracing::info_span!("turn", index)).await;
             let terminal = turn.action.as_ref().is_some_and(|action| action.terminal);
+            self.retries += turn.calls.iter().map(|call| call.failed_attempts.len() as u32).sum::<u32>();
             if let Err(error) = self.journal.record_turn(&self.setup.key, &turn) {
                 self.turns.push(turn);
                 return (TrialStatus::InfrastructureError, Some(format!("could not journal turn {index}: {error}")));
@@ -325,6 +332,15 @@ impl TrialState<'_> {
             self.turns.push(turn);
             match result {
                 Ok(()) if terminal => return (TrialStatus::Completed, None),
+                Ok(()) if self.retries > self.setup.options.retry_budget => {
+                    return (
+                        TrialStatus::InfrastructureError,
+                        Some(format!(
+                            "the trial's model calls needed {} retries, over its budget of {}",
+                            self.retries, self.setup.options.retry_budget
+                        )),
+                    );
+                }
                 Ok(()) => {}
                 Err(AgentFailure::Protocol(problem)) => return (TrialStatus::ProtocolError, Some(problem)),
                 Err(AgentFailure::Infrastructure(problem)) => {

@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod http;
 pub mod openai;
+pub mod limit;
 pub mod scripted;
 
 use std::fmt;
@@ -238,6 +239,7 @@ pub struct Model {
     role: ModelRole,
     policy: CallPolicy,
     cache: Option<Arc<dyn ResponseCache>>,
+    limit: Option<Arc<limit::AdaptiveLimit>>,
     accounting: Mutex<Accounting>,
 }
 
@@ -249,7 +251,13 @@ impl fmt::Debug for Model {
 
 impl Model {
     pub fn new(provider: Arc<dyn ChatModel>, role: ModelRole, policy: CallPolicy) -> Self {
-        Model { provider, role, policy, cache: None, accounting: Mutex::new(Accounting::default()) }
+        Model { provider, role, policy, cache: None, limit: None, accounting: Mutex::new(Accounting::default()) }
+    }
+
+    /// Bounds this model's calls in flight by an adaptive limit (shared per endpoint and role).
+    pub fn with_limit(mut self, limit: Arc<limit::AdaptiveLimit>) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// Serves repeated calls from `cache` and records every finished call in it.
@@ -281,7 +289,7 @@ impl Model {
         let cache = self.cache.as_ref().filter(|_| self.provider.cacheable());
         let key = cache.map(|_| cache_key(self.provider.id(), self.role, &request));
         if let (Some(cache), Some(key)) = (cache, &key)
-            && let Some(response) = cache.get(key)
+            && let Some(response) = off_the_runtime(cache, key.clone(), |cache, key| cache.get(&key)).await.flatten()
         {
             {
                 let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -306,6 +314,10 @@ impl Model {
             .with_max_times(self.policy.max_attempts.saturating_sub(1) as usize)
             .with_jitter();
         let attempt = || async {
+            let _slot = match &self.limit {
+                Some(limit) => Some(limit.acquire().await),
+                None => None,
+            };
             let attempt_started = Instant::now();
             let outcome = match tokio::time::timeout(
                 self.policy.timeout,
@@ -319,6 +331,13 @@ impl Model {
                     format!("no answer within {} s", self.policy.timeout.as_secs()),
                 )),
             };
+            if let Some(limit) = &self.limit {
+                match &outcome {
+                    Ok(_) => limit.on_success(),
+                    Err(error) if error.kind == ModelErrorKind::RateLimited => limit.on_rate_limited(),
+                    Err(_) => {}
+                }
+            }
             if let Err(error) = &outcome {
                 tracing::warn!(model = self.provider.id(), role = %self.role, %error, "model call failed");
                 failed_attempts
@@ -353,7 +372,9 @@ impl Model {
             cached: false,
         };
         if let (Some(cache), Some(key), Ok(response)) = (cache, &key, &call.result) {
-            cache.put(key, &call.model, self.role, response);
+            // Committed before the call returns: a crash after this point cannot lose the answer.
+            let (model, role, response) = (call.model.clone(), self.role, response.clone());
+            off_the_runtime(cache, key.clone(), move |cache, key| cache.put(&key, &model, role, &response)).await;
         }
         let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         accounting.calls += 1;
@@ -362,6 +383,17 @@ impl Model {
         accounting.usage += call.usage();
         call
     }
+}
+
+/// Runs a (blocking, SQLite-backed) cache operation on the blocking pool, so a write that
+/// waits on the store's lock never stalls the async workers that drive other trials.
+async fn off_the_runtime<T, F>(cache: &Arc<dyn ResponseCache>, key: String, operation: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn ResponseCache, String) -> T + Send + 'static,
+{
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || operation(cache.as_ref(), key)).await.ok()
 }
 
 fn millis(since: Instant) -> u64 {

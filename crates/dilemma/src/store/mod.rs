@@ -172,7 +172,14 @@ impl Store {
     }
 
     /// Creates the run with its planned trials, or resumes it if it exists with the same plan.
-    pub fn create_or_resume_run(&mut self, run: &RunRecord, trials: &[TrialPlanRow]) -> Result<RunStart, StoreError> {
+    /// With `retry_errors`, trials that ended in an infrastructure error are run again: their
+    /// turns, calls and outcome are removed (the response cache keeps what was answered).
+    pub fn create_or_resume_run(
+        &mut self,
+        run: &RunRecord,
+        trials: &[TrialPlanRow],
+        retry_errors: bool,
+    ) -> Result<RunStart, StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
         let transaction = self.connection.transaction().map_err(sql)?;
@@ -189,10 +196,15 @@ impl Store {
                 });
             }
             Some(_) => {
+                if retry_errors {
+                    transaction
+                        .execute("UPDATE trials SET status = 'running' WHERE run_id = ?1 AND status = 'finished' AND outcome_status = 'infrastructure_error'", [&run.id])
+                        .map_err(sql)?;
+                }
                 let restarted = transaction
                     .execute("DELETE FROM model_calls WHERE run_id = ?1 AND trial_key IN (SELECT key FROM trials WHERE run_id = ?1 AND status = 'running')", [&run.id])
                     .and_then(|_| transaction.execute("DELETE FROM turns WHERE run_id = ?1 AND trial_key IN (SELECT key FROM trials WHERE run_id = ?1 AND status = 'running')", [&run.id]))
-                    .and_then(|_| transaction.execute("UPDATE trials SET status = 'planned', started_at = NULL WHERE run_id = ?1 AND status = 'running'", [&run.id]))
+                    .and_then(|_| transaction.execute("UPDATE trials SET status = 'planned', started_at = NULL, outcome = NULL, outcome_status = NULL, class = NULL, finished_at = NULL WHERE run_id = ?1 AND status = 'running'", [&run.id]))
                     .map_err(sql)?;
                 transaction
                     .execute("UPDATE runs SET status = 'running', updated_at = datetime('now') WHERE id = ?1", [&run.id])

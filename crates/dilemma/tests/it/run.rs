@@ -19,6 +19,10 @@ fn config(run_id: &str, epochs: u32) -> RunConfig {
         epochs,
         concurrency: 3,
         options: options(Protocol::Json),
+        max_infrastructure_errors: None,
+        retry_errors: false,
+        max_cost: None,
+        prices: Default::default(),
     }
 }
 
@@ -58,7 +62,7 @@ async fn resuming_skips_finished_trials_and_restarts_cut_off_ones_cleanly() {
     let plan = run::plan(config("r2", 4)).unwrap();
     {
         let mut store = Store::open(&path).unwrap();
-        store.create_or_resume_run(&plan.run, &plan.rows).unwrap();
+        store.create_or_resume_run(&plan.run, &plan.rows, false).unwrap();
         let done = run::plan(config("r2", 4)).unwrap();
         let (_, store_after, _) = execute(done, store).await;
         drop(store_after);
@@ -98,7 +102,7 @@ async fn a_different_plan_under_the_same_run_id_is_refused() {
 fn a_trial_is_never_finished_twice() {
     let mut store = Store::open_in_memory().unwrap();
     let plan = run::plan(config("r5", 1)).unwrap();
-    store.create_or_resume_run(&plan.run, &plan.rows).unwrap();
+    store.create_or_resume_run(&plan.run, &plan.rows, false).unwrap();
     let key = plan.rows[0].key.clone();
     let outcome: dilemma::trial::Outcome = serde_json::from_value(serde_json::json!({
         "status": "completed", "class": "robust", "turns": 0, "tools": [], "cumulative_risk": 0, "usage": {}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Checks CI runs after `make test` (called from .ci/run).
+#
+# - The crash-safety check, short form: 5 kills, about half a minute (the long form is
+#   `make crash-test`, 20 kills; see scripts/crash-test.sh). It uses the release binaries
+#   target/release/dilemma and target/release/dilemma-mock, which `make test` has just built
+#   (both crates have integration tests, so `cargo test --release --workspace` builds their
+#   binaries). They are built here only when missing, so that this script also works alone.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ ! -x target/release/dilemma || ! -x target/release/dilemma-mock ]]; then
+    ${CARGO:-cargo} build --release --locked -p dilemma-cli -p dilemma-mock
+fi
+start=$(date +%s)
+bash scripts/crash-test.sh --kills 5
+echo "ci-extra: crash-test (5 kills) finished in $(( $(date +%s) - start )) s"
