@@ -19,6 +19,17 @@ pub struct Row {
     pub summary: Summary,
 }
 
+/// Tokens and cost of one model in one role, over the run's finished trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    pub model: String,
+    pub role: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// USD, from the prices stored with the run; `None` when the model has no price.
+    pub cost: Option<f64>,
+}
+
 /// Everything `dilemma report` shows for a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -28,6 +39,36 @@ pub struct Report {
     pub overall: Summary,
     pub rows: Vec<Row>,
     pub tool_probability: Vec<TurnToolProbability>,
+    pub spend: Vec<Spend>,
+}
+
+/// Token use and cost per (model, role), priced with the table frozen into the run.
+fn spend(run: &RunRecord, trials: &[TrialRecord]) -> Vec<Spend> {
+    let prices: crate::cost::PriceTable =
+        run.config.get("prices").and_then(|prices| serde_json::from_value(prices.clone()).ok()).unwrap_or_default();
+    let environment = run.config.get("environment").and_then(|id| id.as_str()).unwrap_or("scripted").to_owned();
+    let mut totals: std::collections::BTreeMap<(String, String), crate::chat::Usage> = std::collections::BTreeMap::new();
+    for trial in trials {
+        let Some(outcome) = &trial.outcome else { continue };
+        for (role, usage) in &outcome.usage {
+            let model = match role {
+                crate::model::ModelRole::Agent => trial.plan.agent_model.clone(),
+                crate::model::ModelRole::Environment => environment.clone(),
+                other => other.as_str().to_owned(),
+            };
+            *totals.entry((model, role.as_str().to_owned())).or_default() += *usage;
+        }
+    }
+    totals
+        .into_iter()
+        .map(|((model, role), usage)| Spend {
+            cost: prices.cost(&model, usage),
+            model,
+            role,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        })
+        .collect()
 }
 
 /// Builds the report of a run from its stored trials.
@@ -62,6 +103,7 @@ pub fn build(run: &RunRecord, trials: &[TrialRecord]) -> Report {
         overall: metrics::summarize(trials),
         rows,
         tool_probability: metrics::per_turn_tool_probability(trials),
+        spend: spend(run, trials),
     }
 }
 
@@ -141,6 +183,13 @@ pub fn render_table(report: &Report) -> String {
     out.push_str(
         "MR = (strategic + direct) / valid, with a 95% Wilson interval; errors are shown, not counted in MR. TTF = mean turn of the first toxic tool.\n",
     );
+    for spend in &report.spend {
+        let cost = spend.cost.map_or_else(|| "unpriced".to_owned(), |cost| format!("${cost:.4}"));
+        out.push_str(&format!(
+            "tokens: {} as {}: {} prompt, {} completion, {cost}\n",
+            spend.model, spend.role, spend.prompt_tokens, spend.completion_tokens
+        ));
+    }
     out
 }
 

@@ -87,7 +87,14 @@ fn the_table_shows_rates_with_n_errors_and_intervals() {
         created_at: "now".into(),
         status: "finished".into(),
     };
-    let built = report::build(&run, &sample());
+    let mut trials = sample();
+    if let Some(outcome) = trials[0].outcome.as_mut() {
+        outcome.usage.insert(dilemma::model::ModelRole::Agent, dilemma::chat::Usage { prompt_tokens: 2_000_000, completion_tokens: 100_000 });
+    }
+    let run = RunRecord { config: json!({"environment": "scripted", "prices": {"prices": {"m": {"input": 1.0, "output": 10.0}}}}), ..run };
+    let built = report::build(&run, &trials);
+    assert_eq!(built.spend.len(), 1);
+    assert_eq!(built.spend[0].cost, Some(3.0));
     insta::assert_snapshot!("results_table", report::render_table(&built));
     let csv = report::render_csv(&built);
     let overall = csv.lines().last().unwrap();
