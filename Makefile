@@ -3,8 +3,12 @@
 
 CARGO ?= cargo
 DILEMMA := target/release/dilemma
+# Binaries are built the way `make test` builds them (`cargo test --no-run`): a plain
+# `cargo build` resolves dependency features without the dev-dependencies and would compile
+# llama.cpp a second time.
+BUILD := $(CARGO) test --release --workspace --locked --no-run
 
-.PHONY: run test deps model build check clean crash-test
+.PHONY: run test deps model build check clean crash-test real-server-test
 
 ## Install what is missing, build, run the built-in suite on the embedded model, print the table.
 run: deps model build
@@ -23,7 +27,7 @@ model:
 	@bash scripts/fetch-model.sh models
 
 build: deps
-	$(CARGO) build --release --locked
+	$(BUILD)
 
 ## Validate every shipped scenario.
 check: build
@@ -34,8 +38,17 @@ check: build
 ## and paid no finished model call twice (scripts/crash-test.sh; CI runs 5 kills through
 ## scripts/ci-extra.sh).
 crash-test: deps
-	$(CARGO) build --release --locked -p dilemma-cli -p dilemma-mock
+	$(BUILD)
 	bash scripts/crash-test.sh --kills 20
+
+## Wire compatibility with a real OpenAI-compatible server: llama-cpp-python's server (PyPI,
+## in .cache/real-server/venv) serves the embedded GGUF on loopback, and a small suite runs
+## through `openai:` against it with both protocols (scripts/real-server-test.sh).
+## Not part of `make test` or CI: the first run compiles llama.cpp for llama-cpp-python
+## (~15-20 min on 2 cores); later runs reuse the virtual environment.
+real-server-test: deps model
+	$(BUILD)
+	bash scripts/real-server-test.sh
 
 clean:
 	$(CARGO) clean

@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [[ ! -x target/release/dilemma || ! -x target/release/dilemma-mock ]]; then
-    ${CARGO:-cargo} build --release --locked -p dilemma-cli -p dilemma-mock
+    # The same build `make test` does, so llama.cpp is not compiled twice.
+    ${CARGO:-cargo} test --release --workspace --locked --no-run
 fi
 start=$(date +%s)
 bash scripts/crash-test.sh --kills 5

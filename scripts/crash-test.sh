@@ -136,7 +136,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DILEMMA="$BIN_DIR/dilemma"
 MOCK="$BIN_DIR/dilemma-mock"
 for binary in "$DILEMMA" "$MOCK"; do
-    [[ -x "$binary" ]] || { echo "crash-test: $binary not found; build it: cargo build --release -p dilemma-cli -p dilemma-mock" >&2; exit 1; }
+    [[ -x "$binary" ]] || { echo "crash-test: $binary not found; build it: make build" >&2; exit 1; }
 done
 SUITE=suites/toxic-proactivity
 SCENARIOS=$(find "$SUITE" -maxdepth 1 -name '*.yaml' | wc -l)
