@@ -45,7 +45,7 @@ crash-test: deps
 ## in .cache/real-server/venv) serves the embedded GGUF on loopback, and a small suite runs
 ## through `openai:` against it with both protocols (scripts/real-server-test.sh).
 ## Not part of `make test` or CI: the first run compiles llama.cpp for llama-cpp-python
-## (~15-20 min on 2 cores); later runs reuse the virtual environment.
+## (11 min measured on 2 busy cores); later runs reuse the virtual environment.
 real-server-test: deps model
 	$(BUILD)
 	bash scripts/real-server-test.sh
