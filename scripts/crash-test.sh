@@ -362,14 +362,19 @@ check(run_status == ("finished",), f"the crash run's status is {run_status}, not
 # 2. No trial twice, no turn twice, no stray model call.
 distinct = crash_db.execute("SELECT count(DISTINCT key) FROM trials WHERE run_id = 'crash'").fetchone()[0]
 check(distinct == crash_rows, f"{crash_rows} trial rows but {distinct} distinct keys: a trial stored twice")
+def stored_turns(t):
+    # outcome.turns counts turns with an accepted action; a trial that ended in a protocol or
+    # infrastructure error also stores the turn that failed.
+    return (t["turns"] or 0) + (0 if t["outcome_status"] == "completed" else 1)
+
 for name, trials in (("reference", ref), ("crash", crash)):
-    bad_turns = [t["key"] for t in trials.values() if t["turn_indices"] != list(range(1, (t["turns"] or 0) + 1))]
+    bad_turns = [t["key"] for t in trials.values() if t["turn_indices"] != list(range(1, stored_turns(t) + 1))]
     check(not bad_turns, f"{name} run: {len(bad_turns)} trials whose turn indices are not exactly 1..outcome.turns "
                          f"(duplicate, missing or extra turns), e.g. "
                          + "; ".join(f"{k}: {trials[normal(k)]['turn_indices']} vs turns={trials[normal(k)]['turns']}" for k in bad_turns[:3]))
     bad_calls = [t["key"] for t in trials.values()
                  if len(set(t["calls"])) != len(t["calls"])
-                 or any(not 1 <= index <= (t["turns"] or 0) for index, _ in t["calls"])
+                 or any(not 1 <= index <= stored_turns(t) for index, _ in t["calls"])
                  or {index for index, _ in t["calls"]} != set(t["turn_indices"])]
     check(not bad_calls, f"{name} run: {len(bad_calls)} trials with duplicate model calls, calls of a turn that does "
                          f"not exist, or turns without calls, e.g. {bad_calls[:3]}")

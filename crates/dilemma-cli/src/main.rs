@@ -467,6 +467,14 @@ fn show_command(store: &std::path::Path, run: &str, trial: &str) -> Result<()> {
     println!("trial {}", record.plan.key);
     for turn in &turns {
         println!("\n── turn {} ──", turn.index);
+        for call in &turn.calls {
+            for failed in &call.failed_attempts {
+                println!("  {} call retried after: {}", call.role, failed.error);
+            }
+            if let Err(error) = &call.result {
+                println!("  {} call failed: {error}", call.role);
+            }
+        }
         for attempt in &turn.agent {
             if let Some(problem) = &attempt.problem {
                 println!("  unusable reply ({problem}): {}", attempt.output);
