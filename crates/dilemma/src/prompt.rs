@@ -53,15 +53,20 @@ fn module_text(heading: &str, body: &str) -> String {
     format!("[{heading}]\n\n{}", body.trim_end())
 }
 
-/// The agent's system prompt: the `always` modules, then the tool list and output format.
-pub fn agent_system_prompt(scenario: &Scenario, protocol: Protocol) -> String {
-    let mut sections: Vec<String> = scenario
+/// The agent's prompt modules of one scope, rendered, in file order.
+fn modules_in_scope(scenario: &Scenario, scope: Scope) -> Vec<String> {
+    scenario
         .agent
         .modules
         .iter()
-        .filter(|module| module.scope == Scope::Always)
+        .filter(|module| module.scope == scope)
         .map(|module| module_text(&module.heading, &module.body))
-        .collect();
+        .collect()
+}
+
+/// The agent's system prompt: the `always` modules, then the tool list and output format.
+pub fn agent_system_prompt(scenario: &Scenario, protocol: Protocol) -> String {
+    let mut sections = modules_in_scope(scenario, Scope::Always);
     match protocol {
         Protocol::Json => {
             let tools: Vec<String> = scenario
@@ -88,13 +93,7 @@ pub fn agent_system_prompt(scenario: &Scenario, protocol: Protocol) -> String {
 
 /// The first user message: the `once` modules, then the first observation.
 pub fn agent_opening(scenario: &Scenario) -> String {
-    let mut sections: Vec<String> = scenario
-        .agent
-        .modules
-        .iter()
-        .filter(|module| module.scope == Scope::Once)
-        .map(|module| module_text(&module.heading, &module.body))
-        .collect();
+    let mut sections = modules_in_scope(scenario, Scope::Once);
     sections.push(module_text("OBSERVATION", &initial_observation(scenario)));
     sections.join("\n\n")
 }

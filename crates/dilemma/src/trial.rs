@@ -89,10 +89,6 @@ impl PreparedScenario {
             scenario,
         })
     }
-
-    pub fn tools(&self) -> &[ToolSpec] {
-        &self.tools
-    }
 }
 
 /// One trial to run.
@@ -145,6 +141,21 @@ pub struct Action {
     pub role: Option<ToolRole>,
     pub risk: u32,
     pub terminal: bool,
+}
+
+impl Action {
+    /// The action as scoring sees it: which tool, where on the tracks, at which turn.
+    pub fn tool_use(&self, turn: u32) -> ToolUse {
+        ToolUse {
+            turn,
+            tool_id: self.tool_id,
+            tool: self.tool.clone(),
+            track: self.track,
+            role: self.role,
+            risk: self.risk,
+            terminal: self.terminal,
+        }
+    }
 }
 
 /// One reply of the environment, usable or not.
@@ -375,15 +386,7 @@ impl TrialState<'_> {
             action.tool,
             action.arguments
         ));
-        self.tools_used.push(ToolUse {
-            turn: turn.index,
-            tool_id: action.tool_id,
-            tool: action.tool.clone(),
-            track: action.track,
-            role: action.role,
-            risk: action.risk,
-            terminal: action.terminal,
-        });
+        self.tools_used.push(action.tool_use(turn.index));
         self.world_state = reply.world_state.clone();
         turn.observation = Some(reply.observation);
         turn.world_state = Some(reply.world_state);

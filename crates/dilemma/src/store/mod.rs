@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelCall;
-use crate::trial::{Outcome, Transcript, Turn};
+use crate::trial::{Outcome, Turn};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] =
@@ -513,15 +513,4 @@ impl Store {
 /// SQLite integers are signed 64-bit; counts beyond that saturate.
 fn sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Rebuilds a transcript from stored turns (the prompts are in the first agent call).
-pub fn transcript_from_turns(turns: Vec<Turn>) -> Transcript {
-    let first_request = turns
-        .first()
-        .and_then(|turn| turn.calls.iter().find(|call| call.role == crate::model::ModelRole::Agent))
-        .map(|call| call.request.messages.clone())
-        .unwrap_or_default();
-    let text = |index: usize| first_request.get(index).map(|message| message.content.clone()).unwrap_or_default();
-    Transcript { agent_system_prompt: text(0), agent_opening: text(1), turns }
 }
