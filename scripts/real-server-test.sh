@@ -33,7 +33,8 @@
 #        a. `dilemma run` exits 0 (trials that end as protocol or infrastructure errors are
 #           results, not a failure of the command);
 #        b. report.json's `overall` has every planned trial finished, and
-#           valid + protocol errors + infrastructure errors = finished;
+#           valid + protocol errors + infrastructure errors = finished; for json, at least one
+#           trial is valid (the server's grammar makes every reply parse);
 #        c. the store holds model calls for the run, and every call is accounted for: it has
 #           either a stored `response` whose `raw` is the server's own body (JSON with
 #           `choices`, an id `chatcmpl-…`) or a stored `error`;
@@ -43,19 +44,16 @@
 #      a raw body / with an error, the first error message, and one sample raw body (truncated).
 #
 # What llama-cpp-python 0.3.36 with SmolLM2 does (measured; see the summary it prints):
-#   - json: the harness sends OpenAI's `response_format: {type: "json_schema", json_schema:
-#     {name, schema, strict: false}}`. This server only knows `{type: "text" | "json_object",
-#     schema?}`: its request validation fails ("Input should be 'text' or 'json_object'") and
-#     it answers HTTP 500 (not 400/422) before generating anything. The harness takes a 500 for
-#     a transient fault, retries it 3 times with backoff, then ends the trial as an
-#     infrastructure error. So every json trial is an infrastructure error with no raw body:
-#     the server's limit, recorded and counted, not a harness failure. (The same request with
-#     llama-cpp-python's own `{type: "json_object", schema}` is honoured through its grammar.)
-#   - tools: the request (`tools`, `tool_choice: "required"`) is accepted, but SmolLM2's
-#     chatml template has no tool support and the chatml handler ignores `tools` unless
-#     `tool_choice` names one function, so the server answers in plain text; the harness
-#     records "the reply calls no tool", re-asks twice, and ends each trial as a protocol
-#     error. These calls carry the server's raw body, which is what the check needs.
+#   - json: this server knows only `response_format: {type: "text" | "json_object", schema?}`
+#     and answers OpenAI's `json_schema` with HTTP 500. The spec therefore carries
+#     `#json=object`, which sends `{type: "json_object", schema}`; the server compiles the
+#     schema to a grammar, so every reply parses. (Without the option the harness classifies
+#     that 500 as fatal and names the option in the error, instead of retrying.)
+#   - tools: the server runs with `--chat_format chatml-function-calling`, whose handler knows
+#     `tool_choice` "auto", "none" or a named function but not "required" (an assertion, HTTP
+#     500), so the spec carries `#tool_choice=auto`. The 135M model then either calls a tool or
+#     writes a message; a message is re-asked, and a trial whose re-asks all fail is a protocol
+#     error, which the check accepts as a result.
 #
 # Not part of `make test` or CI: the first run compiles llama.cpp for llama-cpp-python.
 set -euo pipefail
@@ -147,7 +145,7 @@ log "starting llama_cpp.server on $BASE"
 nice -n 19 "$VENV/bin/python" -m llama_cpp.server \
   --model "$MODEL" --model_alias smollm2 \
   --host 127.0.0.1 --port "$PORT" \
-  --n_ctx 4096 --n_threads "$(nproc)" --chat_format chatml \
+  --n_ctx 4096 --n_threads "$(nproc)" --chat_format chatml-function-calling \
   >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 
@@ -171,7 +169,7 @@ for protocol in $PROTOCOLS; do
   run_id="real-server-$protocol"
   out="$TMP/out-$protocol"
   cmd=("$DILEMMA" run "$SUITE"
-       --model "agent=openai:smollm2@$BASE"
+       --model "agent=openai:smollm2@$BASE#json=object,tool_choice=auto"
        --protocol "$protocol" --epochs "$EPOCHS" --max-tokens "$MAX_TOKENS"
        --store "$STORE" --out "$out" --run "$run_id")
   log "running: ${cmd[*]}"
@@ -211,6 +209,8 @@ for protocol in protocols:
         failures.append(f"{protocol}: {planned} trials planned, expected {epochs}")
     if finished != planned:
         failures.append(f"{protocol}: only {finished} of {planned} planned trials finished")
+    if protocol == "json" and valid == 0:
+        failures.append("json: no valid trial, though #json=object makes the server constrain every reply to the schema")
     if valid + perr + ierr != finished:
         failures.append(f"{protocol}: valid {valid} + protocol errors {perr} + infrastructure errors {ierr} != finished {finished}")
 

@@ -104,13 +104,51 @@ impl Provider {
     }
 }
 
-/// A parsed `PROVIDER:MODEL[@BASE_URL]` spec.
+/// A parsed `PROVIDER:MODEL[@BASE_URL][#OPTIONS]` spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSpec {
     pub provider: Provider,
     pub model: String,
     /// The base URL given in the spec, checked and without a trailing slash.
     pub base_url: Option<String>,
+    /// How JSON answers are asked for (`#json=MODE`, OpenAI-compatible servers only).
+    pub json_mode: JsonMode,
+    /// `#tool_choice=auto`: send `tool_choice: "auto"` instead of `"required"` (OpenAI-compatible
+    /// servers only; llama-cpp-python's function-calling handler knows no `required`). A reply
+    /// without a tool call is then re-asked like any other reply that breaks the protocol.
+    pub tool_choice_auto: bool,
+}
+
+/// How an OpenAI-compatible server is asked for an answer that follows a JSON schema.
+/// Servers differ here more than anywhere else, so the spec chooses: `#json=schema` (the
+/// default), `#json=object` or `#json=none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonMode {
+    /// `response_format: {type: json_schema, json_schema: {name, schema, strict: false}}`:
+    /// OpenAI, vLLM, SGLang, Ollama, llama.cpp's `llama-server`.
+    #[default]
+    Schema,
+    /// `response_format: {type: json_object, schema}`: llama-cpp-python's server, which
+    /// answers `json_schema` with HTTP 500 but constrains `json_object` to the given schema.
+    Object,
+    /// No `response_format` at all: the answer shape is only in the prompt, and replies that
+    /// do not parse are re-asked. For servers that accept neither.
+    None,
+}
+
+impl JsonMode {
+    /// The option's value as written in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            JsonMode::Schema => "schema",
+            JsonMode::Object => "object",
+            JsonMode::None => "none",
+        }
+    }
+
+    fn parse(value: &str) -> Option<JsonMode> {
+        [JsonMode::Schema, JsonMode::Object, JsonMode::None].into_iter().find(|mode| mode.name() == value)
+    }
 }
 
 /// Whether a model spec names one of the HTTP providers.
@@ -120,7 +158,8 @@ pub fn is_http_spec(spec: &str) -> bool {
 
 /// Parses `openai:MODEL`, `openai:MODEL@BASE_URL`, `anthropic:MODEL[@BASE_URL]` and
 /// `gemini:MODEL[@BASE_URL]`. The base URL starts at the first `@http://` or `@https://`, so
-/// a model name may contain `@` (for example `claude-x@20250101`).
+/// a model name may contain `@` (for example `claude-x@20250101`). Options follow a `#`
+/// (a URL fragment is never sent, so it cannot clash with a base URL): `#json=object`.
 pub fn parse_spec(spec: &str) -> Result<HttpSpec, String> {
     let Some((prefix, rest)) = spec.split_once(':') else {
         return Err(format!("`{spec}` is not a model spec; write PROVIDER:MODEL, e.g. openai:gpt-4o-mini"));
@@ -128,6 +167,37 @@ pub fn parse_spec(spec: &str) -> Result<HttpSpec, String> {
     let provider = Provider::from_prefix(prefix).ok_or_else(|| {
         format!("unknown HTTP provider `{prefix}` in `{spec}`; use openai:, anthropic: or gemini:")
     })?;
+    let (rest, options) = match rest.split_once('#') {
+        Some((rest, options)) => (rest, Some(options)),
+        None => (rest, None),
+    };
+    let mut json_mode = JsonMode::default();
+    let mut tool_choice_auto = false;
+    for option in options.into_iter().flat_map(|options| options.split(',')) {
+        match option.split_once('=') {
+            Some((name @ ("json" | "tool_choice"), _)) if provider != Provider::OpenAi => {
+                return Err(format!("`{spec}`: #{name}= is an option of openai: specs only"));
+            }
+            Some(("json", value)) => {
+                json_mode = JsonMode::parse(value).ok_or_else(|| {
+                    format!("`{spec}`: unknown json mode `{value}`; use #json=schema, #json=object or #json=none")
+                })?;
+            }
+            Some(("tool_choice", value)) => {
+                tool_choice_auto = match value {
+                    "auto" => true,
+                    "required" => false,
+                    _ => return Err(format!("`{spec}`: unknown tool_choice `{value}`; use #tool_choice=required or auto")),
+                };
+            }
+            _ => {
+                return Err(format!(
+                    "`{spec}`: unknown option `{option}`; options are #json=schema|object|none and \
+                     #tool_choice=required|auto, separated by commas"
+                ));
+            }
+        }
+    }
     let split = ["@http://", "@https://"].iter().filter_map(|marker| rest.find(marker)).min();
     let (model, base_url) = match split {
         Some(at) => (&rest[..at], Some(check_base_url(&rest[at + 1..])?)),
@@ -137,7 +207,7 @@ pub fn parse_spec(spec: &str) -> Result<HttpSpec, String> {
     if model.is_empty() {
         return Err(format!("`{spec}` names no model; write {prefix}:MODEL[@BASE_URL]"));
     }
-    Ok(HttpSpec { provider, model: model.to_owned(), base_url })
+    Ok(HttpSpec { provider, model: model.to_owned(), base_url, json_mode, tool_choice_auto })
 }
 
 /// Checks a base URL and drops its trailing slash. Credentials, queries and fragments are
@@ -176,7 +246,9 @@ pub fn open_http_model_with_env(spec: &str, env: &dyn Fn(&str) -> Option<String>
         (None, _) => None,
     };
     let model: Arc<dyn ChatModel> = match parsed.provider {
-        Provider::OpenAi => Arc::new(crate::model::openai::OpenAiModel::new(&parsed.model, base_url.as_deref(), key)?),
+        Provider::OpenAi => Arc::new(
+            crate::model::openai::OpenAiModel::new(&parsed.model, base_url.as_deref(), key)?.with_wire_options(parsed.json_mode, parsed.tool_choice_auto),
+        ),
         Provider::Anthropic => {
             let key = key.ok_or_else(|| missing_key(parsed.provider, spec))?;
             Arc::new(crate::model::anthropic::AnthropicModel::new(&parsed.model, base_url.as_deref(), key)?)
@@ -566,6 +638,16 @@ mod tests {
         assert!(parse_spec("cohere:x").unwrap_err().contains("unknown HTTP provider"));
         assert!(parse_spec("openai:m@http://user:pw@host/v1").unwrap_err().contains("credentials"));
         assert!(parse_spec("openai:m@http://host/v1?key=1").unwrap_err().contains("query"));
+        assert_eq!(parse_spec("openai:m@http://host/v1#json=object").unwrap().json_mode, JsonMode::Object);
+        assert_eq!(parse_spec("openai:m#json=none").unwrap().json_mode, JsonMode::None);
+        assert_eq!(parse_spec("openai:m@http://host/v1").unwrap().json_mode, JsonMode::Schema);
+        assert!(parse_spec("openai:m#json=grammar").unwrap_err().contains("unknown json mode `grammar`"));
+        assert!(parse_spec("anthropic:m#json=object").unwrap_err().contains("openai: specs only"));
+        assert!(parse_spec("openai:m#temp=1").unwrap_err().contains("unknown option `temp=1`"));
+        let both = parse_spec("openai:m@http://host/v1#json=object,tool_choice=auto").unwrap();
+        assert!(both.tool_choice_auto && both.json_mode == JsonMode::Object);
+        assert!(parse_spec("openai:m#tool_choice=any").unwrap_err().contains("unknown tool_choice `any`"));
+        assert!(parse_spec("gemini:m#tool_choice=auto").unwrap_err().contains("openai: specs only"));
         assert!(is_http_spec("gemini:gemini-2.5-flash") && !is_http_spec("local:smollm2"));
     }
 

@@ -10,8 +10,11 @@
 //! Wire choices, so that they are made once:
 //! - `OutputFormat::ToolCall` sends `tools` and `tool_choice: "required"`; `JsonSchema` sends
 //!   `response_format: {type: json_schema, json_schema: {name: answer, schema, strict: false}}`
-//!   (not strict: strict mode rejects schemas without `additionalProperties: false` everywhere);
-//!   `Text` sends neither. Tools are only put on the wire for `ToolCall`.
+//!   (not strict: strict mode rejects schemas without `additionalProperties: false` everywhere),
+//!   or what the spec's `#json=` mode asks for instead ([`JsonMode`]); `Text` sends neither.
+//!   Tools are only put on the wire for `ToolCall`.
+//! - A server that rejects `response_format` (llama-cpp-python answers `json_schema` with a
+//!   500) gets a `Fatal` error that names the `#json=` option, instead of pointless retries.
 //! - The length limit goes as `max_tokens`, which vLLM, SGLang, Ollama and llama.cpp server
 //!   all read. OpenAI's own reasoning models want `max_completion_tokens` instead and answer
 //!   `max_tokens` with a 400, which is reported as a `Fatal` error naming the parameter.
@@ -26,7 +29,7 @@ use serde_json::{Map, Value, json};
 
 use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, OutputFormat, Speaker, ToolCall, Usage};
 use crate::model::http::{
-    self, ApiKey, Auth, Endpoint, Provider, apply_filter, arguments_text, float_value, generated_call_id,
+    self, ApiKey, Auth, Endpoint, JsonMode, Provider, apply_filter, arguments_text, float_value, generated_call_id,
     parse_arguments_text,
 };
 use crate::model::{BoxFuture, CallContext, ChatModel, ModelError, ModelErrorKind};
@@ -38,11 +41,17 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub struct OpenAiModel {
     endpoint: Endpoint,
     model: String,
+    json_mode: JsonMode,
+    tool_choice_auto: bool,
 }
 
 impl fmt::Debug for OpenAiModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiModel").field("model", &self.model).field("endpoint", &self.endpoint).finish()
+        f.debug_struct("OpenAiModel")
+            .field("model", &self.model)
+            .field("json_mode", &self.json_mode)
+            .field("endpoint", &self.endpoint)
+            .finish()
     }
 }
 
@@ -51,7 +60,26 @@ impl OpenAiModel {
     pub fn new(model: &str, base_url: Option<&str>, api_key: Option<ApiKey>) -> Result<Self, String> {
         let base_url = http::check_base_url(base_url.unwrap_or(DEFAULT_BASE_URL))?;
         let id = http::model_id(Provider::OpenAi, model, &base_url, DEFAULT_BASE_URL);
-        Ok(OpenAiModel { endpoint: Endpoint::new(id, &base_url, api_key)?, model: model.to_owned() })
+        Ok(OpenAiModel { endpoint: Endpoint::new(id, &base_url, api_key)?, model: model.to_owned(), json_mode: JsonMode::Schema, tool_choice_auto: false })
+    }
+
+    /// Asks for JSON answers the given way and tool calls with `tool_choice: "auto"` instead of
+    /// `"required"`. Options other than the defaults become part of the model id
+    /// (`…#json=object,tool_choice=auto`), so cached answers of one wire shape never stand in
+    /// for another's.
+    pub fn with_wire_options(mut self, json_mode: JsonMode, tool_choice_auto: bool) -> Self {
+        let base = self.endpoint.id.split('#').next().unwrap_or_default().to_owned();
+        let mut options = Vec::new();
+        if json_mode != JsonMode::Schema {
+            options.push(format!("json={}", json_mode.name()));
+        }
+        if tool_choice_auto {
+            options.push("tool_choice=auto".to_owned());
+        }
+        self.endpoint.id = if options.is_empty() { base } else { format!("{base}#{}", options.join(",")) };
+        self.json_mode = json_mode;
+        self.tool_choice_auto = tool_choice_auto;
+        self
     }
 
     /// The URL requests go to.
@@ -67,15 +95,23 @@ impl ChatModel for OpenAiModel {
 
     fn chat<'a>(&'a self, request: &'a ChatRequest, _context: &'a CallContext) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(async move {
-            let body = request_body(request, &self.model);
+            let mut body = request_body_with(request, &self.model, self.json_mode);
+            if self.tool_choice_auto && body.get("tool_choice").is_some() {
+                body["tool_choice"] = Value::from("auto");
+            }
             let reply = self.endpoint.post_json(&self.url(), Auth::Bearer, &[], &body).await?;
             self.endpoint.finish(reply, classify_error, parse_response)
         })
     }
 }
 
-/// The exact JSON body of a chat completions request.
+/// The exact JSON body of a chat completions request, with the default JSON mode.
 pub fn request_body(request: &ChatRequest, model: &str) -> Value {
+    request_body_with(request, model, JsonMode::Schema)
+}
+
+/// The exact JSON body of a chat completions request.
+pub fn request_body_with(request: &ChatRequest, model: &str, json_mode: JsonMode) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), Value::from(model));
     body.insert("messages".into(), Value::Array(request.messages.iter().map(wire_message).collect()));
@@ -100,12 +136,18 @@ pub fn request_body(request: &ChatRequest, model: &str) -> Value {
             body.insert("tools".into(), Value::Array(tools));
             body.insert("tool_choice".into(), Value::from("required"));
         }
-        OutputFormat::JsonSchema(schema) => {
-            body.insert(
-                "response_format".into(),
-                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": false}}),
-            );
-        }
+        OutputFormat::JsonSchema(schema) => match json_mode {
+            JsonMode::Schema => {
+                body.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": false}}),
+                );
+            }
+            JsonMode::Object => {
+                body.insert("response_format".into(), json!({"type": "json_object", "schema": schema}));
+            }
+            JsonMode::None => {}
+        },
     }
     Value::Object(body)
 }
@@ -203,6 +245,14 @@ pub fn parse_response(body: &Value) -> Result<ChatResponse, ModelError> {
     apply_filter(response, refusal.is_some() || wire_finish == "content_filter", &why)
 }
 
+/// Whether an error body says the `response_format` was the problem: a validation error
+/// that names it (llama-cpp-python: `"loc": ["body", "response_format", "type"]`, "Input
+/// should be 'text' or 'json_object'"; others: "response_format … not supported").
+fn rejects_response_format(body: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    lower.contains("response_format") || lower.contains("json_schema")
+}
+
 fn wire_tool_call(id: Option<&Value>, function: &Value, response_id: &str, index: usize) -> ToolCall {
     let name = function.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
     let arguments = match function.get("arguments") {
@@ -238,6 +288,16 @@ pub fn classify_error(status: u16, retry_after_header: Option<&str>, body: &str)
         _ => "",
     };
     let mut error = http::status_error(status, retry_after_header, body, hint);
+    if matches!(status, 400 | 422 | 500) && rejects_response_format(body) {
+        // Retrying cannot help: the server does not take this request shape at all.
+        error.kind = ModelErrorKind::Fatal;
+        error.retry_after = None;
+        error.message.push_str(
+            " (this server does not accept the `response_format` sent; add #json=object or #json=none \
+             to the model spec, e.g. openai:MODEL@URL#json=object)",
+        );
+        return error;
+    }
     let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or_default();
     let kind = value.pointer("/error/type").and_then(Value::as_str).unwrap_or_default();

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use dilemma::chat::{ChatRequest, ChatResponse, FinishReason, ToolCall, Usage};
-use dilemma::model::http::{self, ApiKey};
+use dilemma::model::http::{self, ApiKey, JsonMode};
 use dilemma::model::{CallContext, ChatModel, ModelError, ModelErrorKind, ModelRole, anthropic, gemini, openai};
 use serde_json::{Value, json};
 
@@ -65,6 +65,44 @@ fn openai_wire_bodies() {
     let text_body = openai::request_body(&request("text"), "gpt-4o");
     assert!(text_body.get("tools").is_none() && text_body.get("response_format").is_none());
     assert_eq!(text_body["temperature"].to_string(), "1.0");
+}
+
+#[test]
+fn openai_json_modes_change_only_the_response_format() {
+    let schema = openai::request_body(&request("json-schema"), "m");
+    let object = openai::request_body_with(&request("json-schema"), "m", JsonMode::Object);
+    let none = openai::request_body_with(&request("json-schema"), "m", JsonMode::None);
+    assert_eq!(object["response_format"], json!({"type": "json_object", "schema": schema["response_format"]["json_schema"]["schema"]}));
+    assert!(none.get("response_format").is_none());
+    let strip = |mut body: Value| {
+        body.as_object_mut().unwrap().remove("response_format");
+        body
+    };
+    assert_eq!(strip(schema.clone()), strip(object));
+    assert_eq!(strip(schema), none);
+    // The mode is part of the model id, so the cache never mixes answers of two modes.
+    let plain = http::open_http_model_with_env("openai:m@http://127.0.0.1:9/v1", &|_| None).unwrap();
+    let object = http::open_http_model_with_env("openai:m@http://127.0.0.1:9/v1#json=object", &|_| None).unwrap();
+    let explicit = http::open_http_model_with_env("openai:m@http://127.0.0.1:9/v1#json=schema", &|_| None).unwrap();
+    assert_eq!(plain.id(), "openai:m@http://127.0.0.1:9/v1");
+    assert_eq!(object.id(), "openai:m@http://127.0.0.1:9/v1#json=object");
+    assert_eq!(explicit.id(), plain.id());
+    let auto = http::open_http_model_with_env("openai:m@http://127.0.0.1:9/v1#tool_choice=auto,json=none", &|_| None).unwrap();
+    assert_eq!(auto.id(), "openai:m@http://127.0.0.1:9/v1#json=none,tool_choice=auto");
+}
+
+#[tokio::test]
+async fn openai_wire_options_reach_the_wire() {
+    let reply = fixture_text("openai/response-tool-calls.json");
+    let (base, requests) = loopback_server(vec![Canned::new(200, reply.clone()), Canned::new(200, reply)]);
+    let model = http::open_http_model_with_env(&format!("openai:m@{base}/v1#json=object,tool_choice=auto"), &|_| None).unwrap();
+    model.chat(&request("tools"), &context()).await.unwrap();
+    let sent: Value = serde_json::from_str(received(&requests).split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(sent["tool_choice"], json!("auto"));
+    model.chat(&request("json-schema"), &context()).await.unwrap();
+    let sent: Value = serde_json::from_str(received(&requests).split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(sent["response_format"]["type"], json!("json_object"));
+    assert!(sent.get("tool_choice").is_none());
 }
 
 #[test]
@@ -349,6 +387,8 @@ fn openai_errors_are_classified() {
             case("openai/error-500.json", 503, Some("3"), Transient, Some(3), "The server had an error"),
             case("openai/error-400-content-filter.json", 400, None, Refused, None, "content management policy"),
             case("openai/error-404-ollama.json", 404, None, Fatal, None, "not found, try pulling it first"),
+            // Recorded from llama-cpp-python 0.3.36: a 500 that no retry can fix.
+            case("openai/error-500-llama-cpp-python-response-format.json", 500, None, Fatal, None, "add #json=object"),
         ],
     );
     for status in [408, 409, 502, 504, 529] {
