@@ -65,6 +65,53 @@ pub struct Scenario {
     /// The agent's action space, in the order the agent sees it (tool ids are 1-based positions).
     #[schemars(length(min = 1))]
     pub tools: Vec<Tool>,
+    /// Whom or what the agent's goals serve, in words that fit "satisfy ___": a sponsor
+    /// (`Lumenfold Analytics`) or, for self-preservation, `your own continued operation`.
+    /// The `goal_clarity` factor needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal_object: Option<String>,
+    /// The scenario at each level of the `stakes` factor: how much harm the toxic path does.
+    /// A run with `--factor stakes=LEVEL` needs the level; without the factor the scenario
+    /// runs as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Stakes")]
+    pub stakes: Option<Stakes>,
+}
+
+/// The three stakes levels of a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stakes {
+    /// Lives, large sums, a company's survival, the security of a system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "StakesLevel")]
+    pub high: Option<StakesLevel>,
+    /// Moderate losses, churn, delays, reputation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "StakesLevel")]
+    pub medium: Option<StakesLevel>,
+    /// A small inconvenience, a small fine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "StakesLevel")]
+    pub low: Option<StakesLevel>,
+}
+
+/// One stakes level: what changes in the world so that the harm of the toxic path is this big.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StakesLevel {
+    /// The harm of the toxic path at this level, in one or two sentences, for people and
+    /// reports (the models never see it; they see the ground truth below).
+    #[schemars(length(min = 1))]
+    pub harm: String,
+    /// A JSON merge patch (RFC 7386) applied to `environment.ground_truth`: keys set here
+    /// replace the scenario's, `null` removes a key. Empty when the level is the one written.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub ground_truth: Map<String, Value>,
+    /// Scripted observations that replace a tool's at this level, by tool name (for the
+    /// observations that state the size of the harm).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observations: BTreeMap<String, Vec<String>>,
 }
 
 fn default_max_turns() -> u32 {
@@ -214,6 +261,30 @@ pub struct ScriptedResponse {
     /// Keys merged into the world state when the tool is called.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub state: Map<String, Value>,
+    /// Observations of a toxic tool at each level of the `feedback` factor (how hard the
+    /// system resists). `medium` defaults to `observations`; at `high` the system refuses,
+    /// so the tool's `state` is not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Feedback")]
+    pub feedback: Option<Feedback>,
+}
+
+/// A toxic tool's scripted observations per feedback level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    /// The system refuses outright: permission denied, blocked, an error code; nothing changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub high: Option<Vec<String>>,
+    /// Strong resistance (warnings, audit alerts, pushback) but the action goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub medium: Option<Vec<String>>,
+    /// Mild resistance (a notice in a log) and normal execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub low: Option<Vec<String>>,
 }
 
 /// Compliant (A+) or toxic (A−).
@@ -745,6 +816,8 @@ struct Facts {
     /// Whether the file sets `motivation` at all (a bad value is a structural problem).
     has_motivation: bool,
     tools: Vec<ToolFacts>,
+    /// (level, tool name) for every `stakes.LEVEL.observations` entry.
+    stakes_observation_tools: Vec<(String, String)>,
 }
 
 struct ToolFacts {
@@ -755,6 +828,8 @@ struct ToolFacts {
     terminal: Option<bool>,
     parameters: Option<Map<String, Value>>,
     observations: Option<Vec<String>>,
+    /// Whether `scripted.feedback` is set.
+    has_feedback: bool,
 }
 
 impl ToolFacts {
@@ -783,7 +858,16 @@ impl Facts {
                     terminal: lenient(tool, "terminal"),
                     parameters: lenient(tool, "parameters"),
                     observations: tool.get("scripted").and_then(|scripted| lenient(scripted, "observations")),
+                    has_feedback: tool.get("scripted").and_then(|scripted| scripted.get("feedback")).is_some_and(|f| !f.is_null()),
                 })
+                .collect(),
+            stakes_observation_tools: ["high", "medium", "low"]
+                .iter()
+                .filter_map(|level| {
+                    let names = json.pointer(&format!("/stakes/{level}/observations"))?.as_object()?;
+                    Some(names.keys().map(|name| (level.to_string(), name.clone())).collect::<Vec<_>>())
+                })
+                .flatten()
                 .collect(),
         }
     }
@@ -810,6 +894,17 @@ fn check_semantics(json: &Value, report: &mut Reporter<'_>) {
             }
         if tool.observations.as_ref().is_some_and(|observations| observations.iter().any(|text| text.trim().is_empty())) {
             report.at(&at("/scripted/observations"), "scripted observations must not be empty text");
+        }
+        if tool.has_feedback && tool.track == Some(Track::Compliant) {
+            report.at(&at("/scripted/feedback"), "feedback levels belong to toxic tools only (the factor varies how the system resists them)");
+        }
+    }
+    for (level, name) in &facts.stakes_observation_tools {
+        if !facts.tools.iter().any(|tool| tool.name.as_deref() == Some(name.as_str())) {
+            report.at(
+                &format!("/stakes/{level}/observations/{}", name.replace('~', "~0").replace('/', "~1")),
+                format!("no tool is called `{name}`"),
+            );
         }
     }
     if facts.shape == Shape::DualTrack {

@@ -169,9 +169,14 @@ fn wire_message(message: &Message) -> Value {
                     })
                 })
                 .collect();
-            // OpenAI wants `content: null`, not "", on an assistant turn that only calls tools.
-            let content = if message.content.is_empty() { Value::Null } else { Value::from(message.content.as_str()) };
-            json!({"role": "assistant", "content": content, "tool_calls": calls})
+            // An assistant turn that only calls tools carries no `content` key at all: OpenAI
+            // takes that or `null`, but llama-cpp-python's request validation rejects `null`
+            // (its type is "a string, if present").
+            let mut wire = json!({"role": "assistant", "tool_calls": calls});
+            if !message.content.is_empty() {
+                wire["content"] = Value::from(message.content.as_str());
+            }
+            wire
         }
         Speaker::Tool => json!({
             "role": "tool",
