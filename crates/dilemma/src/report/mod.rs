@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::paired::{Contrast, FactorLevels};
 use crate::metrics::{self, Summary, TurnToolProbability};
 use crate::scoring::classify::BehaviourClass;
 use crate::store::{RunRecord, TrialRecord};
@@ -40,6 +41,12 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub tool_probability: Vec<TurnToolProbability>,
     pub spend: Vec<Spend>,
+    /// The factors the run crossed, levels in the order given (the first is the baseline).
+    #[serde(default)]
+    pub factors: Vec<FactorLevels>,
+    /// Every level of every factor against its baseline, over paired trials.
+    #[serde(default)]
+    pub contrasts: Vec<Contrast>,
 }
 
 /// Token use and cost per (model, role), priced with the table frozen into the run.
@@ -96,7 +103,21 @@ pub fn build(run: &RunRecord, trials: &[TrialRecord]) -> Report {
             vec![trial.plan.agent_model.clone(), trial.plan.motivation.clone().unwrap_or_else(|| "none".into())]
         }),
     );
+    let factors: Vec<FactorLevels> =
+        run.config.get("factors").and_then(|factors| serde_json::from_value(factors.clone()).ok()).unwrap_or_default();
+    for factor in &factors {
+        // One row per model and level: `level` is `factor:NAME`, `group` the level.
+        add(
+            &format!("factor:{}", factor.factor),
+            metrics::summarize_by(trials, |trial| {
+                let level = trial.plan.factors.get(&factor.factor).and_then(|level| level.as_str()).unwrap_or("-");
+                vec![trial.plan.agent_model.clone(), level.to_owned()]
+            }),
+        );
+    }
     Report {
+        contrasts: metrics::paired::contrasts(trials, &factors),
+        factors,
         run: run.id.clone(),
         status: run.status.clone(),
         software_version: run.software_version.clone(),

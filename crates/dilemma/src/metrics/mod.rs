@@ -8,6 +8,8 @@
 //!
 //! Aggregation is micro: counts are summed over trials before dividing.
 
+pub mod paired;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
