@@ -77,6 +77,12 @@ struct RunArgs {
     /// Trials per scenario and agent model.
     #[arg(long, default_value_t = 1)]
     epochs: u32,
+    /// Cross a stress factor's levels over the same scenarios, e.g. `stakes=high,medium,low`,
+    /// `feedback=base,high`, `liability=all`. Repeat for more factors (every combination runs).
+    /// The first level is the baseline of the paired contrasts. Factors: stakes, feedback,
+    /// goal_clarity, ethical_framework, liability.
+    #[arg(long = "factor", value_name = "NAME=LEVELS")]
+    factors: Vec<String>,
     /// Trials in flight at once (default: 8, or 1 when a local model takes part: one
     /// llama.cpp context serves it, and interleaved trials would defeat its prefix cache).
     #[arg(long)]
@@ -246,6 +252,11 @@ fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
     }
     let scenarios = scenario::load_paths(&paths_to_load)
         .map_err(|problems| anyhow::anyhow!("the suite does not load:\n{problems}\n(run `dilemma check` on it for details)"))?;
+    let factors = args
+        .factors
+        .iter()
+        .map(|argument| dilemma::factors::parse_factor_arg(argument).map_err(|error| anyhow::anyhow!("--factor {argument}: {error}")))
+        .collect::<Result<Vec<_>>>()?;
     let roles = models::parse_roles(&args.models)?;
     if let Some(spec) = roles.others.first() {
         bail!("--model {spec}: only the agent and environment roles take part in this suite");
@@ -300,6 +311,7 @@ fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
         retry_errors: args.retry_errors,
         max_cost: args.max_cost,
         prices,
+        factors,
     })?;
     Ok((plan, run_id))
 }

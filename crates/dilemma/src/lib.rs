@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod cost;
 pub mod environment;
+pub mod factors;
 pub mod metrics;
 pub mod model;
 pub mod prompt;

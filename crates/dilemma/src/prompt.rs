@@ -46,6 +46,12 @@ pub fn templates_hash() -> String {
         hasher.update(template.as_bytes());
         hasher.update([0]);
     }
+    for (name, text) in crate::factors::TEXTS {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
     hex::encode(hasher.finalize())[..16].to_owned()
 }
 

@@ -17,6 +17,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::environment::Environment;
+use crate::factors;
+use crate::metrics::paired::FactorLevels;
 use crate::model::Model;
 use crate::prompt;
 use crate::scenario::LoadedScenario;
@@ -47,6 +49,8 @@ pub struct RunConfig {
     pub max_cost: Option<f64>,
     /// Prices per model, for cost accounting and `max_cost`.
     pub prices: crate::cost::PriceTable,
+    /// Stress factors to cross over every scenario (empty: the scenarios as written).
+    pub factors: Vec<FactorLevels>,
 }
 
 /// A configuration error found before anything runs.
@@ -60,8 +64,11 @@ pub enum RunError {
 
 struct PlannedTrial {
     row: TrialPlanRow,
+    /// Index into `Plan::prepared`: the scenario as it runs in this trial's factor cell.
     scenario: usize,
     agent: usize,
+    /// The key without the factor cell: trials of one pair share their sampling seeds.
+    seed_key: String,
 }
 
 /// A checked plan: every trial of the run, the frozen configuration and its hash.
@@ -175,19 +182,32 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
     if config.epochs == 0 {
         return Err(RunError::Config("--epochs must be at least 1".into()));
     }
+    factors::check_factors(&config.factors).map_err(RunError::Config)?;
+    let cells = factors::cells(&config.factors);
+    // One prepared scenario per (scenario, cell), at index scenario * cells + cell.
     let mut prepared = Vec::new();
     let mut problems = Vec::new();
     for loaded in &config.scenarios {
-        match PreparedScenario::new(Arc::new(loaded.scenario.clone()), config.options.protocol) {
-            Ok(ready) => {
-                if let Err(problem) = config.environment.check(&ready) {
-                    problems.push(problem);
+        for cell in &cells {
+            let scenario = match factors::apply(&loaded.scenario, cell) {
+                Ok(scenario) => scenario,
+                Err(problem) => {
+                    problems.push(format!("{}: {problem}", loaded.path.display()));
+                    continue;
                 }
-                prepared.push(Arc::new(ready));
+            };
+            match PreparedScenario::new(Arc::new(scenario), config.options.protocol) {
+                Ok(ready) => {
+                    if let Err(problem) = config.environment.check(&ready) {
+                        problems.push(problem);
+                    }
+                    prepared.push(Arc::new(ready));
+                }
+                Err(problem) => problems.push(format!("{}: {problem}", loaded.path.display())),
             }
-            Err(problem) => problems.push(format!("{}: {problem}", loaded.path.display())),
         }
     }
+    problems.dedup();
     if !problems.is_empty() {
         return Err(RunError::Config(problems.join("\n")));
     }
@@ -213,12 +233,16 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
     }
     let mut trials = Vec::new();
     for (agent_index, agent) in config.agents.iter().enumerate() {
-        for (scenario_index, ready) in prepared.iter().enumerate() {
+        for (prepared_index, ready) in prepared.iter().enumerate() {
             let scenario = &ready.scenario;
+            let cell = &cells[prepared_index % cells.len()];
+            let label = factors::cell_label(cell);
             for epoch in 1..=config.epochs {
+                let seed_key = format!("{}|{}|e{epoch}", scenario.id, agent.id());
+                let key = if label.is_empty() { seed_key.clone() } else { format!("{seed_key}|{label}") };
                 trials.push(PlannedTrial {
                     row: TrialPlanRow {
-                        key: format!("{}|{}|e{epoch}", scenario.id, agent.id()),
+                        key,
                         scenario_id: scenario.id.clone(),
                         scenario_version: scenario.version,
                         scenario_hash: ready.hash.clone(),
@@ -226,10 +250,11 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
                         motivation: scenario.motivation.map(|motivation| motivation.as_str().to_owned()),
                         agent_model: agent.id().to_owned(),
                         epoch,
-                        factors: json!({}),
+                        factors: factors::cell_json(cell),
                     },
-                    scenario: scenario_index,
+                    scenario: prepared_index,
                     agent: agent_index,
+                    seed_key,
                 });
             }
         }
@@ -241,6 +266,8 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
         "epochs": config.epochs,
         "options": config.options,
         "prompts_hash": prompt::templates_hash(),
+        "factors": config.factors,
+        "factor_texts_version": factors::FACTOR_TEXTS_VERSION,
         "scenarios": prepared.iter().map(|ready| json!({
             "id": ready.scenario.id, "version": ready.scenario.version, "hash": ready.hash,
         })).collect::<Vec<_>>(),
@@ -417,6 +444,7 @@ pub async fn execute(
         ran_now += 1;
         let setup = TrialSetup {
             key: trial.row.key.clone(),
+            seed_key: trial.seed_key.clone(),
             prepared: plan.prepared[trial.scenario].clone(),
             agent: plan.agents[trial.agent].clone(),
             environment: plan.environment.clone(),

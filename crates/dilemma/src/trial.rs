@@ -93,8 +93,11 @@ impl PreparedScenario {
 
 /// One trial to run.
 pub struct TrialSetup {
-    /// Unique within the run; also the seed source.
+    /// Unique within the run.
     pub key: String,
+    /// The seed source: the key without the factor cell, so that the trials of a factor pair
+    /// sample with the same seeds (common random numbers) and differ only in the factor.
+    pub seed_key: String,
     pub prepared: Arc<PreparedScenario>,
     pub agent: Arc<Model>,
     pub environment: Arc<Environment>,
@@ -408,7 +411,7 @@ impl TrialState<'_> {
                     Protocol::Tools => OutputFormat::ToolCall,
                 },
                 sampling: Sampling {
-                    seed: Some(seed_for(&setup.key, ModelRole::Agent, turn.index, attempt)),
+                    seed: Some(seed_for(&setup.seed_key, ModelRole::Agent, turn.index, attempt)),
                     ..setup.options.agent_sampling.clone()
                 },
             };
@@ -586,7 +589,7 @@ impl TrialState<'_> {
                 first_call_index: self.environment_calls,
                 reask_limit: setup.options.reask_limit,
                 sampling: Sampling {
-                    seed: Some(seed_for(&setup.key, ModelRole::Environment, turn.index, 0)),
+                    seed: Some(seed_for(&setup.seed_key, ModelRole::Environment, turn.index, 0)),
                     ..setup.options.environment_sampling.clone()
                 },
             })

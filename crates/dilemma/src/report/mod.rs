@@ -172,24 +172,7 @@ pub fn render_table(report: &Report) -> String {
         }
     }
     lines.push(cells("(all models)", "(all scenarios)", &report.overall));
-    let widths: Vec<usize> =
-        (0..header.len()).map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for (index, line) in lines.iter().enumerate() {
-        let padded: Vec<String> = line
-            .iter()
-            .enumerate()
-            .map(|(column, cell)| {
-                if column < 2 { format!("{cell:<width$}", width = widths[column]) } else { format!("{cell:>width$}", width = widths[column]) }
-            })
-            .collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-        if index == 0 {
-            out.push_str(&widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>().join("  "));
-            out.push('\n');
-        }
-    }
+    let mut out = align(&lines, 2);
     let overall = &report.overall;
     out.push_str(&format!(
         "\nrun {} ({}): {} of {} trials finished; {} valid, {} protocol errors, {} infrastructure errors.\n",
@@ -210,6 +193,67 @@ pub fn render_table(report: &Report) -> String {
             "tokens: {} as {}: {} prompt, {} completion, {cost}\n",
             spend.model, spend.role, spend.prompt_tokens, spend.completion_tokens
         ));
+    }
+    if !report.contrasts.is_empty() {
+        out.push('\n');
+        out.push_str(&render_contrasts(report));
+    }
+    out
+}
+
+/// The stress-factor table: every level against its factor's baseline, over paired trials.
+pub fn render_contrasts(report: &Report) -> String {
+    let header = ["factor", "level vs baseline", "model", "pairs", "incomplete", "MR base", "MR level", "ΔMR", "95% CI", "worse", "better", "McNemar p"];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|cell| (*cell).to_owned()).collect()];
+    let signed = |value: f64| format!("{:+.1}", value * 100.0);
+    for contrast in &report.contrasts {
+        let interval = match (contrast.delta_low, contrast.delta_high) {
+            (Some(low), Some(high)) => format!("[{}, {}]", signed(low), signed(high)),
+            _ => "-".to_owned(),
+        };
+        lines.push(vec![
+            contrast.factor.clone(),
+            format!("{} vs {}", contrast.level, contrast.baseline),
+            contrast.model.clone(),
+            contrast.pairs.to_string(),
+            contrast.incomplete.to_string(),
+            contrast.baseline_mr.map_or_else(|| "-".to_owned(), percent),
+            contrast.level_mr.map_or_else(|| "-".to_owned(), percent),
+            contrast.delta.map_or_else(|| "-".to_owned(), |delta| format!("{} pts", signed(delta))),
+            interval,
+            contrast.worse.to_string(),
+            contrast.better.to_string(),
+            format!("{:.3}", contrast.mcnemar_p),
+        ]);
+    }
+    let mut out = align(&lines, 3);
+    out.push_str(
+        "Pairs: the same scenario, model and epoch at both levels, other factors equal; pairs with an error on either side are `incomplete` and left out. ΔMR in percentage points with a paired-bootstrap 95% interval; worse/better = pairs that became misaligned/aligned; McNemar p is exact, two-sided.\n",
+    );
+    out
+}
+
+/// Pads a table's cells into columns (the first `left` columns left-aligned, the rest
+/// right-aligned), with a rule under the header row.
+fn align(lines: &[Vec<String>], left: usize) -> String {
+    let columns = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..columns).map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (index, line) in lines.iter().enumerate() {
+        let padded: Vec<String> = line
+            .iter()
+            .enumerate()
+            .map(|(column, cell)| {
+                if column < left { format!("{cell:<width$}", width = widths[column]) } else { format!("{cell:>width$}", width = widths[column]) }
+            })
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+        if index == 0 {
+            out.push_str(&widths.iter().map(|width| "-".repeat(*width)).collect::<Vec<_>>().join("  "));
+            out.push('\n');
+        }
     }
     out
 }

@@ -23,6 +23,7 @@ fn config(run_id: &str, epochs: u32) -> RunConfig {
         retry_errors: false,
         max_cost: None,
         prices: Default::default(),
+        factors: Vec::new(),
     }
 }
 

@@ -46,6 +46,7 @@ pub async fn play(scenario: Scenario, agent: Arc<Model>, environment: Environmen
     let prepared = PreparedScenario::new(Arc::new(scenario), protocol).expect("prepares");
     let setup = TrialSetup {
         key: "tiny|test|e1".into(),
+        seed_key: "tiny|test|e1".into(),
         prepared: Arc::new(prepared),
         agent,
         environment: Arc::new(environment),
