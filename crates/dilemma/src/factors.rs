@@ -12,6 +12,7 @@
 //! | `goal_clarity` | base, explicit, implicit | the level's text, with the scenario's `goal_object`, appended to the `AGENT GOALS` module |
 //! | `ethical_framework` | none, utilitarian, deontological, virtue | an `ETHICAL FRAMEWORK` module after `AGENT GOALS` |
 //! | `liability` | none, agent, user | an accountability notice appended to the `ROLE` module |
+//! | `persona` | none, analyst, rapid_executor, inventor, strict_moral_custodian, relaxed_moral_pragmatist | a `PERSONA` module before all others: a system-prompt prefix, as AgentMisalignment injects its personas |
 //!
 //! `base` and `none` leave the scenario as written: the paper's base mode, and the natural
 //! baseline of every contrast. The level texts live in `prompts/factors/*.md`; they are fixed
@@ -28,7 +29,7 @@ use crate::scenario::{PromptModule, Scenario, Scope, Track};
 pub const FACTOR_TEXTS_VERSION: u32 = 1;
 
 /// The level texts, by file name.
-pub const TEXTS: [(&str, &str); 10] = [
+pub const TEXTS: [(&str, &str); 15] = [
     ("goal-explicit", include_str!("../../../prompts/factors/goal-explicit.md")),
     ("goal-implicit", include_str!("../../../prompts/factors/goal-implicit.md")),
     ("ethics-utilitarian", include_str!("../../../prompts/factors/ethics-utilitarian.md")),
@@ -39,6 +40,11 @@ pub const TEXTS: [(&str, &str); 10] = [
     ("feedback-high", include_str!("../../../prompts/factors/feedback-high.md")),
     ("feedback-medium", include_str!("../../../prompts/factors/feedback-medium.md")),
     ("feedback-low", include_str!("../../../prompts/factors/feedback-low.md")),
+    ("persona-analyst", include_str!("../../../prompts/factors/persona-analyst.md")),
+    ("persona-rapid_executor", include_str!("../../../prompts/factors/persona-rapid_executor.md")),
+    ("persona-inventor", include_str!("../../../prompts/factors/persona-inventor.md")),
+    ("persona-strict_moral_custodian", include_str!("../../../prompts/factors/persona-strict_moral_custodian.md")),
+    ("persona-relaxed_moral_pragmatist", include_str!("../../../prompts/factors/persona-relaxed_moral_pragmatist.md")),
 ];
 
 fn text(name: &str) -> &'static str {
@@ -54,11 +60,12 @@ pub enum Factor {
     GoalClarity,
     EthicalFramework,
     Liability,
+    Persona,
 }
 
 impl Factor {
-    pub const ALL: [Factor; 5] =
-        [Factor::Stakes, Factor::Feedback, Factor::GoalClarity, Factor::EthicalFramework, Factor::Liability];
+    pub const ALL: [Factor; 6] =
+        [Factor::Stakes, Factor::Feedback, Factor::GoalClarity, Factor::EthicalFramework, Factor::Liability, Factor::Persona];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +74,7 @@ impl Factor {
             Factor::GoalClarity => "goal_clarity",
             Factor::EthicalFramework => "ethical_framework",
             Factor::Liability => "liability",
+            Factor::Persona => "persona",
         }
     }
 
@@ -77,6 +85,9 @@ impl Factor {
             Factor::GoalClarity => &["base", "explicit", "implicit"],
             Factor::EthicalFramework => &["none", "utilitarian", "deontological", "virtue"],
             Factor::Liability => &["none", "agent", "user"],
+            Factor::Persona => {
+                &["none", "analyst", "rapid_executor", "inventor", "strict_moral_custodian", "relaxed_moral_pragmatist"]
+            }
         }
     }
 
@@ -186,6 +197,14 @@ pub fn apply(scenario: &Scenario, cell: &Cell) -> Result<Scenario, String> {
                 );
             }
             (Factor::Liability, level) => append_to_module(&mut out, "ROLE", text(&format!("liability-{level}"))),
+            (Factor::Persona, level) => out.agent.modules.insert(
+                0,
+                PromptModule {
+                    heading: "PERSONA".to_owned(),
+                    body: format!("{}\n", text(&format!("persona-{level}"))),
+                    scope: Scope::Always,
+                },
+            ),
         }
     }
     Ok(out)
@@ -314,6 +333,7 @@ mod tests {
         let parsed = parse_factor_arg("stakes=high,low").unwrap();
         assert_eq!(parsed.levels, vec!["high", "low"]);
         assert_eq!(parse_factor_arg("liability=all").unwrap().levels, vec!["none", "agent", "user"]);
+        assert_eq!(parse_factor_arg("persona=all").unwrap().levels.len(), 6);
         assert_eq!(parse_factor_arg("feedback=low,all").unwrap().levels, vec!["low", "base", "high", "medium"]);
         assert!(parse_factor_arg("stakes").unwrap_err().contains("NAME=LEVEL"));
         assert!(parse_factor_arg("mood=high").unwrap_err().contains("unknown factor `mood`"));

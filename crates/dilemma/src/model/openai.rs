@@ -169,14 +169,11 @@ fn wire_message(message: &Message) -> Value {
                     })
                 })
                 .collect();
-            // An assistant turn that only calls tools carries no `content` key at all: OpenAI
-            // takes that or `null`, but llama-cpp-python's request validation rejects `null`
-            // (its type is "a string, if present").
-            let mut wire = json!({"role": "assistant", "tool_calls": calls});
-            if !message.content.is_empty() {
-                wire["content"] = Value::from(message.content.as_str());
-            }
-            wire
+            // An assistant turn that only calls tools carries `content: ""`: OpenAI, vLLM and
+            // Ollama take it (as they take `null`), while llama-cpp-python rejects `null` (its
+            // type is "a string, if present") and its function-calling template fails on a
+            // missing key. So the empty string is the one form every server accepts.
+            json!({"role": "assistant", "content": message.content, "tool_calls": calls})
         }
         Speaker::Tool => json!({
             "role": "tool",

@@ -59,6 +59,25 @@ fn prompt_factors_change_only_the_agent_prompt_where_the_paper_puts_them() {
 }
 
 #[test]
+fn every_persona_is_a_system_prompt_prefix_of_its_own() {
+    let written = tiny_factors();
+    let levels = factors::parse_factor_arg("persona=all").unwrap().levels;
+    let mut prefixes = std::collections::HashSet::new();
+    for level in &levels {
+        let changed = factors::apply(&written, &cell(&[("persona", level)])).unwrap();
+        let system = prompt::agent_system_prompt(&changed, Protocol::Json);
+        if level == "none" {
+            assert!(system.starts_with("[ROLE]"), "{system}");
+        } else {
+            assert!(system.starts_with("[PERSONA]\n\nYou are "), "{level}: {system}");
+            assert_eq!(changed.tools, written.tools);
+        }
+        prefixes.insert(system.split("[ROLE]").next().unwrap().to_owned());
+    }
+    assert_eq!(prefixes.len(), 6, "six different prefixes, none empty but `none`");
+}
+
+#[test]
 fn stakes_patch_the_ground_truth_and_the_observations_they_name() {
     let written = tiny_factors();
     let low = factors::apply(&written, &cell(&[("stakes", "low")])).unwrap();

@@ -51,7 +51,7 @@ fn openai_wire_bodies() {
     }
     let body = openai::request_body(&request("tools"), "gpt-4o");
     // Assistant tool-call arguments travel as JSON text, a string argument exactly as written.
-    assert!(body["messages"][2].get("content").is_none(), "no content key on a tool-call-only turn");
+    assert_eq!(body["messages"][2]["content"], json!(""), "an empty string on a tool-call-only turn");
     assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["arguments"], json!("{\"batch_id\":\"B-7\"}"));
     assert_eq!(body["messages"][4]["tool_calls"][0]["function"]["arguments"], json!("{\"batch_id\": \"B-7\", \"urgent\": true}"));
     assert_eq!(body["messages"][3], json!({"role": "tool", "tool_call_id": "call_a1", "content": "Sterility test: FAILED (2 of 20 samples contaminated)."}));
