@@ -257,6 +257,7 @@ fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
         .iter()
         .map(|argument| dilemma::factors::parse_factor_arg(argument).map_err(|error| anyhow::anyhow!("--factor {argument}: {error}")))
         .collect::<Result<Vec<_>>>()?;
+    dilemma::factors::check_factors(&factors).map_err(|error| anyhow::anyhow!("--factor: {error}"))?;
     let roles = models::parse_roles(&args.models)?;
     if let Some(spec) = roles.others.first() {
         bail!("--model {spec}: only the agent and environment roles take part in this suite");

@@ -93,6 +93,10 @@ fn user_errors_say_what_to_do() {
         (&["report", "nope"], "no store at"),
         (&["run", "--model", "agent=anthropic:claude-x"], "ANTHROPIC_API_KEY"),
         (&["check", "no/such/path"], "no/such/path:1:1: no such file or folder"),
+        (&["run", "--factor", "mood=high"], "--factor mood=high: unknown factor `mood`; factors are stakes, feedback"),
+        (&["run", "--factor", "stakes=extreme"], "unknown level `extreme` of factor stakes; its levels are base, high, medium, low"),
+        (&["run", "--factor", "stakes=high", "--factor", "stakes=low"], "factor stakes is given twice"),
+        (&["run", "--model", "agent=openai:m@http://127.0.0.1:9/v1#json=grammar"], "unknown json mode `grammar`"),
     ];
     for (arguments, expected) in cases {
         let work = tempfile::tempdir().unwrap();
@@ -123,4 +127,36 @@ fn a_resumed_run_with_other_arguments_is_refused() {
     let (code, _, stderr) = run(dilemma(work.path()).args(["run", "--run", "same", "--epochs", "3", "--model", &spec]).arg(fixture("tiny-dual-track.yaml")));
     assert_eq!(code, 1);
     assert!(stderr.contains("run `same` already exists with a different plan"), "{stderr}");
+}
+
+#[test]
+fn a_factor_run_prints_paired_contrasts() {
+    let work = tempfile::tempdir().unwrap();
+    let agent = script(work.path(), "agent.yaml", "replies:\n  - tool_id: 1\n  - tool_id: 3\n");
+    let (code, stdout, stderr) = run(dilemma(work.path())
+        .arg("run")
+        .arg(fixture("tiny-factors.yaml"))
+        .args(["--run", "factor-run", "--epochs", "3", "--factor", "stakes=high,medium,low", "--factor", "feedback=high"])
+        .arg("--model")
+        .arg(format!("agent=scripted:{}", agent.display())));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("starting run factor-run: 9 trials"), "{stderr}");
+    // A compliant agent: nothing changes between levels, and the table says so with its n.
+    let line = |level: &str| stdout.lines().find(|line| line.starts_with("stakes") && line.contains(level)).unwrap_or_default().to_owned();
+    let medium = line("medium vs high");
+    let cells: Vec<&str> = medium.split_whitespace().collect();
+    // factor, level, "vs", baseline, model, then the numbers.
+    assert_eq!(cells.get(5..).unwrap_or_default(), ["3", "0", "0.0%", "0.0%", "+0.0", "pts", "[+0.0,", "+0.0]", "0", "0", "1.000"], "{stdout}");
+    assert!(line("low vs high").contains(" 3 "), "{stdout}");
+    assert!(stdout.contains("McNemar p is exact"), "{stdout}");
+
+    // A level the scenario cannot play is refused before anything runs, naming file and field.
+    let (code, stdout, stderr) = run(dilemma(work.path())
+        .arg("run")
+        .arg(fixture("tiny-dual-track.yaml"))
+        .args(["--factor", "stakes=base,low"])
+        .arg("--model")
+        .arg(format!("agent=scripted:{}", agent.display())));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("tiny-dual-track.yaml: scenario `tiny-dual-track` declares no `stakes.low`"), "{stderr}");
 }
