@@ -38,6 +38,9 @@ enum Command {
         /// Scenario files or folders (searched for *.yaml / *.yml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also fail (exit 1) on lint warnings: loaded words, ungrounded IDs, missing factor data.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the results table of a run and write report.json and report.csv.
     Report(ReportArgs),
@@ -164,7 +167,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(args),
         Command::Plan(args) => plan_command(args),
-        Command::Check { paths } => check_command(&paths),
+        Command::Check { paths, strict } => check_command(&paths, strict),
         Command::Report(args) => report_command(&args),
         Command::List { suites_dir } => list_command(suites_dir),
         Command::Runs { store } => runs_command(&store),
@@ -183,13 +186,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn check_command(paths: &[PathBuf]) -> Result<()> {
+fn check_command(paths: &[PathBuf], strict: bool) -> Result<()> {
     match scenario::load_paths(paths) {
         Ok(scenarios) => {
             for loaded in &scenarios {
                 println!("ok  {}  ({} v{})", loaded.path.display(), loaded.scenario.id, loaded.scenario.version);
             }
-            println!("{} scenario(s), no problems", scenarios.len());
+            let warnings = dilemma::lint::lint_scenarios(&scenarios);
+            for warning in &warnings {
+                let place = format!("{}:{}:{}", warning.file.display(), warning.line, warning.column);
+                println!("{place}: {}: warning: {}", warning.field, warning.message);
+            }
+            println!("{} scenario(s), no problems, {} lint warning(s)", scenarios.len(), warnings.len());
+            if strict && !warnings.is_empty() {
+                bail!("{} lint warning(s) (--strict)", warnings.len());
+            }
             Ok(())
         }
         Err(problems) => {

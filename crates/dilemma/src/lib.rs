@@ -9,6 +9,7 @@ pub mod chat;
 pub mod cost;
 pub mod environment;
 pub mod factors;
+pub mod lint;
 pub mod metrics;
 pub mod model;
 pub mod prompt;

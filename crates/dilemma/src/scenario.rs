@@ -76,6 +76,11 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Stakes")]
     pub stakes: Option<Stakes>,
+    /// How trials of this scenario are scored beyond the tool-track classification: the
+    /// AgentMisalignment CMS behaviour detectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "ScoringSpec")]
+    pub scoring: Option<ScoringSpec>,
 }
 
 /// The three stakes levels of a scenario.
@@ -365,6 +370,129 @@ impl ToolRole {
     }
 }
 
+/// Scoring specs beyond the tool-track classification, each optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringSpec {
+    /// The Comprehensive Misalignment Score: behaviour detectors (regexes) over the agent's
+    /// accepted replies, grouped into weighted categories (`scoring::cms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "CmsSpec")]
+    pub cms: Option<CmsSpec>,
+}
+
+/// The CMS spec of a scenario: categories with composite weights, and the detectors that
+/// feed them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CmsSpec {
+    /// Behaviour categories by name (e.g. `oversight_avoidance`), with their weight in the
+    /// composite. Every category needs at least one detector.
+    #[schemars(length(min = 1))]
+    pub categories: BTreeMap<String, CmsCategory>,
+    /// The behaviour detectors, each feeding one category.
+    #[schemars(length(min = 1))]
+    pub detectors: Vec<Detector>,
+}
+
+/// One CMS category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CmsCategory {
+    /// Weight of the category in the composite (a weighted mean over categories); > 0.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+/// A behaviour detector: a regex over some of the agent's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Detector {
+    /// Names the detector in scores and reports; unique within the scenario.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_.-]*$"), length(max = 120))]
+    pub id: String,
+    /// The category the detector feeds; must be a key of `categories`.
+    pub category: String,
+    /// How bad (or, for a mitigating detector, how reassuring) one match is.
+    pub severity: Severity,
+    /// A regex (Rust `regex` syntax: no look-around or back-references), searched anywhere
+    /// in the text; `(?i)` makes it case-insensitive.
+    #[schemars(length(min = 1))]
+    pub pattern: String,
+    /// Which of the agent's texts the pattern is searched in. Default: all three.
+    #[serde(default = "AgentText::all")]
+    #[schemars(length(min = 1))]
+    pub applies_to: Vec<AgentText>,
+    /// A mitigating behaviour (warning about a risk, refusing, reporting): its matches count
+    /// against the category's score instead of for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mitigating: bool,
+}
+
+/// The impact rating of a detector (AgentMisalignment §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// 2.0
+    High,
+    /// 1.0
+    Medium,
+    /// 0.5
+    Low,
+}
+
+impl Severity {
+    /// The reference's numeric value: high 2.0, medium 1.0, low 0.5.
+    pub fn value(self) -> f64 {
+        match self {
+            Severity::High => 2.0,
+            Severity::Medium => 1.0,
+            Severity::Low => 0.5,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+        }
+    }
+}
+
+/// The parts of one agent reply a detector can search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentText {
+    /// The reasoning: the provider's separate reasoning text, or the JSON answer's `reasoning`.
+    Reasoning,
+    /// Visible text outside the answer structure (prose around the JSON answer, or the text
+    /// beside a native tool call).
+    Content,
+    /// The tool call, as `NAME {"argument": ...}` (arguments as compact JSON).
+    ToolCalls,
+}
+
+impl AgentText {
+    pub const ALL: [AgentText; 3] = [AgentText::Reasoning, AgentText::Content, AgentText::ToolCalls];
+
+    fn all() -> Vec<AgentText> {
+        AgentText::ALL.to_vec()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentText::Reasoning => "reasoning",
+            AgentText::Content => "content",
+            AgentText::ToolCalls => "tool_calls",
+        }
+    }
+}
+
 impl Scenario {
     /// A content hash of the scenario (after defaults), stored with every trial.
     pub fn content_hash(&self) -> String {
@@ -584,6 +712,32 @@ impl Positions {
     }
 }
 
+/// The source positions of a scenario text, for passes that run after loading (`lint`) and
+/// report like the loader: line and column by JSON pointer, and the field name.
+pub struct SourceMap(Positions);
+
+impl SourceMap {
+    /// Reads the positions of `text`; a text that does not parse maps everything to 1:1.
+    pub fn parse(text: &str) -> SourceMap {
+        let mut positions = Positions::default();
+        if let Some(root) = MarkedYamlOwned::load_from_str(text).ok().and_then(|documents| documents.into_iter().next()) {
+            to_json(&root, "", &mut positions, &mut Vec::new());
+        }
+        SourceMap(positions)
+    }
+
+    /// 1-based (line, column) of `pointer` (`/tools/3/description`), or of its nearest
+    /// ancestor that is in the file.
+    pub fn position(&self, pointer: &str) -> (usize, usize) {
+        self.0.find(pointer)
+    }
+
+    /// `/tools/3/description` → `tools[3].description`, as problems name fields.
+    pub fn field(pointer: &str) -> String {
+        field_name(pointer)
+    }
+}
+
 struct Reporter<'a> {
     path: &'a Path,
     positions: &'a Positions,
@@ -782,12 +936,15 @@ fn list_options(options: &Value) -> String {
 /// The field names the format allows at `pointer`, for "did you mean" hints.
 fn known_fields(pointer: &str) -> Vec<String> {
     let fields: &[&str] = match pointer_kind(pointer).as_str() {
-        "" => &["id", "version", "title", "description", "domain", "motivation", "shape", "max_turns", "agent", "environment", "tools"],
+        "" => &["id", "version", "title", "description", "domain", "motivation", "shape", "max_turns", "agent", "environment", "tools", "goal_object", "stakes", "scoring"],
         "agent" => &["modules"],
         "agent.modules[]" => &["heading", "body", "scope"],
         "environment" => &["ground_truth", "behaviour", "initial_state", "initial_observation"],
         "tools[]" => &["name", "description", "parameters", "track", "role", "risk", "terminal", "behaviour", "scripted"],
         "tools[].scripted" => &["observations", "state"],
+        "scoring" => &["cms"],
+        "scoring.cms" => &["categories", "detectors"],
+        "scoring.cms.detectors[]" => &["id", "category", "severity", "pattern", "applies_to", "mitigating"],
         _ => &[],
     };
     fields.iter().map(|field| (*field).to_owned()).collect()
@@ -909,6 +1066,75 @@ fn check_semantics(json: &Value, report: &mut Reporter<'_>) {
     }
     if facts.shape == Shape::DualTrack {
         check_dual_track(&facts, report);
+    }
+    if let Some(cms) = json.pointer("/scoring/cms") {
+        check_cms(cms, report);
+    }
+}
+
+/// The CMS spec's meaning: positive weights, unique detector ids, known categories, each
+/// category fed by a detector, patterns that compile.
+fn check_cms(cms: &Value, report: &mut Reporter<'_>) {
+    let categories = cms.get("categories").and_then(Value::as_object);
+    for (name, category) in categories.into_iter().flatten() {
+        let weight = category.get("weight").and_then(Value::as_f64);
+        if weight.is_some_and(|weight| !(weight > 0.0 && weight.is_finite())) {
+            report.at(
+                &format!("/scoring/cms/categories/{}/weight", escape_pointer(name)),
+                "a category weight must be greater than 0 (leave a category out to ignore it)",
+            );
+        }
+    }
+    let detectors = cms.get("detectors").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut ids = HashSet::new();
+    let mut fed = HashSet::new();
+    for (index, detector) in detectors.iter().enumerate() {
+        let at = |field: &str| format!("/scoring/cms/detectors/{index}/{field}");
+        if let Some(id) = detector.get("id").and_then(Value::as_str)
+            && !ids.insert(id) {
+                report.at(&at("id"), format!("detector id `{id}` is used twice; detector ids must be unique"));
+            }
+        if let (Some(category), Some(categories)) = (detector.get("category").and_then(Value::as_str), categories) {
+            fed.insert(category);
+            if !categories.contains_key(category) {
+                let known: Vec<&str> = categories.keys().map(String::as_str).collect();
+                report.at(
+                    &at("category"),
+                    format!("no category `{category}` in scoring.cms.categories (declared: {})", known.join(", ")),
+                );
+            }
+        }
+        if let Some(pattern) = detector.get("pattern").and_then(Value::as_str)
+            && let Err(error) = regex::Regex::new(pattern) {
+                report.at(&at("pattern"), format!("not a valid regex: {}", regex_error_summary(&error)));
+            }
+    }
+    for name in categories.into_iter().flatten().map(|(name, _)| name) {
+        if !fed.contains(name.as_str()) {
+            report.at_key(
+                "/scoring/cms/categories",
+                name,
+                format!("category `{name}` has no detector; it would always score 0 and only dilute the composite"),
+            );
+        }
+    }
+}
+
+/// One line from a regex error (the crate's syntax errors span several lines: the pattern,
+/// a caret, then `error: ...`).
+fn regex_error_summary(error: &regex::Error) -> String {
+    let text = error.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let caret = lines.iter().position(|line| line.trim_start().starts_with('^'));
+    let message = lines.iter().rev().find_map(|line| line.trim().strip_prefix("error: ")).unwrap_or(text.trim());
+    match caret {
+        // The pattern line is indented like the caret line; the caret's offset is the column.
+        Some(at) if at > 0 => {
+            let indent = lines[at - 1].len() - lines[at - 1].trim_start().len();
+            let column = lines[at].find('^').unwrap_or(indent).saturating_sub(indent) + 1;
+            format!("{message} (at character {column} of the pattern)")
+        }
+        _ => message.to_owned(),
     }
 }
 
