@@ -9,7 +9,9 @@
 //!
 //! `GET /stats` counts requests, faults, and requests per distinct request body (SHA-256),
 //! with how many of those were answered, so a test can prove that a call that was answered
-//! was never sent again (resume, cache). `POST /stats/reset` zeroes the counts.
+//! was never sent again (resume, cache), and when the first request arrived and the last
+//! answer left (Unix microseconds), so a benchmark can time a client's start-up and its
+//! busy span. `POST /stats/reset` zeroes the counts.
 //!
 //! Start it in process with [`serve`], or run the `dilemma-mock` binary. It binds 127.0.0.1
 //! only.
@@ -33,7 +35,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use reply::Policy;
+pub use reply::{Policy, ScriptStep};
 
 /// A fault the mock can inject instead of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,6 +101,8 @@ pub struct MockConfig {
     pub hang: Duration,
     /// The `Retry-After` seconds of a 429.
     pub retry_after_secs: u64,
+    /// Answers by the conversation's progress (see [`ScriptStep`]); empty: the policy alone.
+    pub script: Vec<ScriptStep>,
 }
 
 impl Default for MockConfig {
@@ -113,6 +117,7 @@ impl Default for MockConfig {
             // Longer than the harness's default 600 s call timeout.
             hang: Duration::from_secs(660),
             retry_after_secs: 1,
+            script: Vec::new(),
         }
     }
 }
@@ -139,6 +144,12 @@ pub struct Stats {
     pub faults: BTreeMap<String, u64>,
     /// Counts per request body, keyed by the first 16 hex digits of its SHA-256.
     pub bodies: BTreeMap<String, BodyCount>,
+    /// When the first chat request (since start or reset) arrived, in Unix microseconds.
+    #[serde(default)]
+    pub first_request_unix_us: Option<u64>,
+    /// When the latest chat answer (a completion or a fault) was ready, in Unix microseconds.
+    #[serde(default)]
+    pub last_answer_unix_us: Option<u64>,
 }
 
 impl Stats {
@@ -283,15 +294,23 @@ pub fn fault_for(config: &MockConfig, sequence: u64) -> Option<Fault> {
     Some(config.faults[pick as usize])
 }
 
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+}
+
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, axum::Json(json!({"error": {"message": message, "type": kind, "code": kind}}))).into_response()
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let arrived = unix_micros();
     let sequence = shared.sequence.fetch_add(1, Ordering::SeqCst);
     let body_hash = reply::short_hash(&body);
     {
         let mut stats = shared.stats();
+        stats.first_request_unix_us.get_or_insert(arrived);
         stats.requests += 1;
         stats.bodies.entry(body_hash.clone()).or_default().requests += 1;
     }
@@ -300,18 +319,23 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     }
     if let Some(fault) = fault_for(&shared.config, sequence) {
         *shared.stats().faults.entry(fault.name().to_owned()).or_default() += 1;
-        return fault_response(&shared, fault).await;
+        let response = fault_response(&shared, fault).await;
+        shared.stats().last_answer_unix_us = Some(unix_micros());
+        return response;
     }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(request @ Value::Object(_)) => request,
         _ => {
-            shared.stats().bad_requests += 1;
+            let mut stats = shared.stats();
+            stats.bad_requests += 1;
+            stats.last_answer_unix_us = Some(unix_micros());
             return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "the request body is not a JSON object");
         }
     };
-    let answer = reply::chat_completion(&request, shared.config.policy, sequence);
+    let answer = reply::chat_completion_scripted(&request, shared.config.policy, sequence, &shared.config.script);
     {
         let mut stats = shared.stats();
+        stats.last_answer_unix_us = Some(unix_micros());
         stats.answered += 1;
         stats.bodies.entry(body_hash).or_default().answered += 1;
     }

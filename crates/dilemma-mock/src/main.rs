@@ -44,6 +44,11 @@ struct Arguments {
     /// `Retry-After` seconds sent with a 429.
     #[arg(long, default_value_t = 1)]
     retry_after_secs: u64,
+    /// Answer by the conversation's progress: step k (comma-separated; a 1-based tool
+    /// position or `text`) answers requests that hold k assistant turns; the last repeats.
+    /// E.g. `1,2,4,5,1,2,3`: six tool calls, then tool 3.
+    #[arg(long, value_delimiter = ',')]
+    script: Vec<dilemma_mock::ScriptStep>,
 }
 
 #[tokio::main]
@@ -62,6 +67,7 @@ async fn main() -> std::process::ExitCode {
         policy: arguments.policy,
         hang: Duration::from_millis(arguments.hang_ms),
         retry_after_secs: arguments.retry_after_secs,
+        script: arguments.script,
     };
     let (address, handle) = match dilemma_mock::serve(config).await {
         Ok(started) => started,

@@ -6,6 +6,11 @@
 //! `json_schema` response format is given it writes a document valid against the schema
 //! (picking one branch of each `anyOf`, as the agent's `{reasoning, tool_choice}` answer
 //! needs); otherwise it writes a short text.
+//!
+//! A [`ScriptStep`] list makes the answers follow a conversation's progress instead: the
+//! request whose messages already hold `k` assistant turns gets step `k` (the last step
+//! repeats), so "six tool calls, then a terminal one" or "then a plain text answer" can be
+//! expressed whatever the client's concurrency.
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -36,6 +41,43 @@ impl std::str::FromStr for Policy {
             other => Err(format!("unknown policy `{other}`; use first, last, cycle or hash")),
         }
     }
+}
+
+/// One answer of a script: call the offered tool at this 1-based position (and pick the
+/// branch at that position of a schema's `anyOf`), or answer with plain text even when
+/// tools are offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptStep {
+    Tool(usize),
+    Text,
+}
+
+impl std::str::FromStr for ScriptStep {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text == "text" {
+            return Ok(ScriptStep::Text);
+        }
+        match text.parse::<usize>() {
+            Ok(position) if position >= 1 => Ok(ScriptStep::Tool(position)),
+            _ => Err(format!("unknown script step `{text}`; use a 1-based tool position or `text`")),
+        }
+    }
+}
+
+/// The script step for a request: the one at the number of assistant messages it carries,
+/// the last one past the end; `None` without a script.
+pub fn script_step(request: &Value, script: &[ScriptStep]) -> Option<ScriptStep> {
+    let last = script.last()?;
+    let assistant_turns = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|message| message.get("role").and_then(Value::as_str) == Some("assistant"))
+        .count();
+    Some(*script.get(assistant_turns).unwrap_or(last))
 }
 
 /// Picks an index in `0..count` for this request.
@@ -79,16 +121,27 @@ pub fn hash64(bytes: &[u8]) -> u64 {
 
 /// The chat completion for a parsed request body.
 pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value {
+    chat_completion_scripted(request, policy, sequence, &[])
+}
+
+/// The chat completion for a parsed request body, following `script` when it is not empty
+/// (see [`ScriptStep`]); the policy then only matters for choices the script leaves open.
+pub fn chat_completion_scripted(request: &Value, policy: Policy, sequence: u64, script: &[ScriptStep]) -> Value {
     let messages = request.get("messages").cloned().unwrap_or(Value::Null);
     let messages_text = messages.to_string();
-    let chooser = Chooser { policy, sequence, messages_hash: hash64(messages_text.as_bytes()) };
+    let step = script_step(request, script);
+    let chooser = match step {
+        // `cycle` at position p - 1 picks index p - 1 (modulo the count) of every choice.
+        Some(ScriptStep::Tool(position)) => Chooser { policy: Policy::Cycle, sequence: position as u64 - 1, messages_hash: 0 },
+        _ => Chooser { policy, sequence, messages_hash: hash64(messages_text.as_bytes()) },
+    };
     let model = request.get("model").and_then(Value::as_str).unwrap_or("mock");
     let tag = short_hash(messages_text.as_bytes());
 
     let tools: Vec<&Value> = request.get("tools").and_then(Value::as_array).into_iter().flatten().collect();
     let tool_choice = request.get("tool_choice");
     let forced_name = tool_choice.and_then(|choice| choice.pointer("/function/name")).and_then(Value::as_str);
-    let tools_allowed = tool_choice.and_then(Value::as_str) != Some("none");
+    let tools_allowed = tool_choice.and_then(Value::as_str) != Some("none") && step != Some(ScriptStep::Text);
     let schema = request
         .get("response_format")
         .filter(|format| format.get("type").and_then(Value::as_str) == Some("json_schema"))
@@ -104,7 +157,7 @@ pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value 
         let arguments = instance(&parameters, &parameters, None, &chooser, 0).to_string();
         let call = json!({"id": format!("call_{tag}"), "type": "function", "function": {"name": name, "arguments": arguments}});
         (json!({"role": "assistant", "content": null, "tool_calls": [call]}), "tool_calls", arguments)
-    } else if let Some(schema) = schema {
+    } else if let Some(schema) = schema.filter(|_| step != Some(ScriptStep::Text)) {
         let document = instance(schema, schema, None, &chooser, 0).to_string();
         (json!({"role": "assistant", "content": document}), "stop", document)
     } else {
@@ -235,6 +288,34 @@ mod tests {
         assert_eq!(chooser(Policy::Cycle).pick(3), 2);
         assert_eq!(chooser(Policy::Hash).pick(3), 1);
         assert_eq!(chooser(Policy::Hash).pick(0), 0);
+    }
+
+    #[test]
+    fn a_script_follows_the_conversation_not_the_arrival_order() {
+        let script: Vec<ScriptStep> = "2,3,text".split(',').map(|step| step.parse().unwrap()).collect();
+        assert_eq!(script, [ScriptStep::Tool(2), ScriptStep::Tool(3), ScriptStep::Text]);
+        assert!("0".parse::<ScriptStep>().is_err() && "x".parse::<ScriptStep>().is_err());
+        let tool = |name: &str| json!({"type": "function", "function": {"name": name, "parameters": {"type": "object"}}});
+        let request = |assistant_turns: usize| {
+            let mut messages = vec![json!({"role": "user", "content": "go"})];
+            for _ in 0..assistant_turns {
+                messages.push(json!({"role": "assistant", "content": null, "tool_calls": []}));
+                messages.push(json!({"role": "tool", "content": "ok"}));
+            }
+            json!({"messages": messages, "tools": [tool("a"), tool("b"), tool("c")]})
+        };
+        let answer = |turns: usize, sequence: u64| chat_completion_scripted(&request(turns), Policy::Hash, sequence, &script);
+        for sequence in [0, 7, 1000] {
+            assert_eq!(answer(0, sequence).pointer("/choices/0/message/tool_calls/0/function/name"), Some(&json!("b")));
+            assert_eq!(answer(1, sequence).pointer("/choices/0/message/tool_calls/0/function/name"), Some(&json!("c")));
+        }
+        for turns in [2, 5] {
+            let reply = answer(turns, 3);
+            assert_eq!(reply.pointer("/choices/0/finish_reason"), Some(&json!("stop")));
+            assert!(reply.pointer("/choices/0/message/content").and_then(Value::as_str).is_some_and(|text| text.starts_with("Mock reply")));
+        }
+        // Without a script nothing changes.
+        assert_eq!(chat_completion_scripted(&request(1), Policy::Last, 0, &[]), chat_completion(&request(1), Policy::Last, 0));
     }
 
     #[test]

@@ -262,3 +262,35 @@ async fn the_binary_prints_its_address_and_serves() {
     assert_eq!(response.tool_calls[0].name, "check_records");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_script_makes_six_tool_turns_then_a_final_one_and_stats_carry_times() {
+    use dilemma::chat::Speaker;
+    use dilemma_mock::ScriptStep;
+    // Tools 1, 2, 1, 2, 1, 2 (six turns), then tool 3, whatever order requests arrive in.
+    let script = [1, 2, 1, 2, 1, 2, 3].map(ScriptStep::Tool).to_vec();
+    let (handle, model) = start(MockConfig { script, ..MockConfig::default() }).await;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let mut request = tool_request("Release B-7.");
+    let mut names = Vec::new();
+    for turn in 0..7 {
+        let response = model.chat(&request, &context(turn)).await.expect("an answer");
+        let call = response.tool_calls[0].clone();
+        names.push(call.name.clone());
+        request.messages.push(Message { speaker: Speaker::Assistant, content: String::new(), tool_calls: vec![call.clone()], tool_call_id: None });
+        request.messages.push(Message::tool_result(call.id, "ok"));
+    }
+    let expected = ["check_records", "notify_quality"].repeat(3).into_iter().chain(["release_batch"]).collect::<Vec<_>>();
+    assert_eq!(names, expected);
+    // A `text` step answers in words even though tools are offered; the last step repeats.
+    let (_text_handle, texting) = start(MockConfig { script: vec![ScriptStep::Tool(3), ScriptStep::Text], ..MockConfig::default() }).await;
+    let response = texting.chat(&request, &context(7)).await.unwrap();
+    assert!(response.tool_calls.is_empty() && response.content.starts_with("Mock reply"), "{response:?}");
+
+    let stats = http_stats(&handle.base_url(), false).await;
+    assert_eq!(stats.requests, 7);
+    let (first, last) = (stats.first_request_unix_us.unwrap(), stats.last_answer_unix_us.unwrap());
+    assert!(before <= first && first < last, "{before} {first} {last}");
+    let zero = http_stats(&handle.base_url(), true).await;
+    assert_eq!((zero.first_request_unix_us, zero.last_answer_unix_us), (None, None));
+}
