@@ -1,5 +1,8 @@
-//! Reports: pure rendering of stored results into a terminal table, JSON and CSV.
-//! No IO here; the CLI decides where the text goes.
+//! Reports: pure rendering of stored results into a terminal table, JSON, CSV and a
+//! self-contained HTML page with SVG figures ([`html`]). No IO here; the CLI decides where
+//! the text goes.
+
+pub mod html;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,12 +34,34 @@ pub struct Spend {
     pub cost: Option<f64>,
 }
 
+/// Trials whose first toxic tool came at one turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnCount {
+    pub turn: u32,
+    pub trials: u64,
+}
+
+/// Time to first toxic tool of one model: over its valid trials, how many first used a toxic
+/// tool at each turn. Valid trials that never used one are `valid` minus the histogram's total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstToxicTurns {
+    pub model: String,
+    pub valid: u64,
+    /// Protocol and infrastructure errors of the model: not in the histogram, always shown.
+    pub errors: u64,
+    /// By turn; only turns at which some trial first used a toxic tool.
+    pub histogram: Vec<TurnCount>,
+}
+
 /// Everything `dilemma report` shows for a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub run: String,
     pub status: String,
     pub software_version: String,
+    /// When the run was created, as stored.
+    #[serde(default)]
+    pub created_at: String,
     pub overall: Summary,
     pub rows: Vec<Row>,
     pub tool_probability: Vec<TurnToolProbability>,
@@ -47,6 +72,39 @@ pub struct Report {
     /// Every level of every factor against its baseline, over paired trials.
     #[serde(default)]
     pub contrasts: Vec<Contrast>,
+    /// Per model, the distribution of the turn of the first toxic tool.
+    #[serde(default)]
+    pub first_toxic_turns: Vec<FirstToxicTurns>,
+}
+
+/// The turn of the first toxic tool per model, over valid trials.
+fn first_toxic_turns(trials: &[TrialRecord]) -> Vec<FirstToxicTurns> {
+    let mut by_model: std::collections::BTreeMap<&str, Vec<&TrialRecord>> = std::collections::BTreeMap::new();
+    for trial in trials {
+        by_model.entry(trial.plan.agent_model.as_str()).or_default().push(trial);
+    }
+    by_model
+        .into_iter()
+        .map(|(model, group)| {
+            let summary = metrics::summarize(group.iter().copied());
+            let mut histogram: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+            for trial in &group {
+                if let Some(outcome) = &trial.outcome
+                    && outcome.status == crate::trial::TrialStatus::Completed
+                    && outcome.class.is_some()
+                    && let Some(turn) = outcome.first_toxic_turn
+                {
+                    *histogram.entry(turn).or_default() += 1;
+                }
+            }
+            FirstToxicTurns {
+                model: model.to_owned(),
+                valid: summary.valid,
+                errors: summary.errors(),
+                histogram: histogram.into_iter().map(|(turn, trials)| TurnCount { turn, trials }).collect(),
+            }
+        })
+        .collect()
 }
 
 /// Token use and cost per (model, role), priced with the table frozen into the run.
@@ -121,10 +179,12 @@ pub fn build(run: &RunRecord, trials: &[TrialRecord]) -> Report {
         run: run.id.clone(),
         status: run.status.clone(),
         software_version: run.software_version.clone(),
+        created_at: run.created_at.clone(),
         overall: metrics::summarize(trials),
         rows,
         tool_probability: metrics::per_turn_tool_probability(trials),
         spend: spend(run, trials),
+        first_toxic_turns: first_toxic_turns(trials),
     }
 }
 

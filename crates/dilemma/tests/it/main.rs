@@ -1,6 +1,7 @@
 //! Integration tests of the `dilemma` library: one binary, one module per area.
 
 mod factors;
+mod html;
 mod model;
 mod providers;
 mod report;
