@@ -18,4 +18,5 @@ pub mod run;
 pub mod scenario;
 pub mod scoring;
 pub mod store;
+pub mod synth;
 pub mod trial;

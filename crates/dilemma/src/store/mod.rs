@@ -1,7 +1,8 @@
 //! The store: the only module that knows SQL.
 //!
 //! One SQLite file holds runs, their planned trials, every turn as it happens, and every
-//! model call with its full request and response. The write path is built for crash
+//! model call with its full request and response; and synthesis batches (`synth`), with
+//! every round of every stage and each candidate's verdict. The write path is built for crash
 //! safety:
 //!
 //! - all trials of a run are inserted as `planned` when the run is created, so the plan is
@@ -22,11 +23,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelCall;
+use crate::synth::{Judgement, Round, Stage};
 use crate::trial::{Outcome, Turn};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/001_initial.sql"), include_str!("migrations/002_response_cache.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_initial.sql"),
+    include_str!("migrations/002_response_cache.sql"),
+    include_str!("migrations/003_synthesis.sql"),
+];
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,33 @@ pub struct RunListing {
     pub status: String,
     pub planned: u64,
     pub finished: u64,
+}
+
+/// A synthesis batch as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthBatchRecord {
+    pub id: String,
+    /// The frozen configuration (settings, model ids, templates hash), as JSON.
+    pub config: serde_json::Value,
+    pub software_version: String,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// A synthesis candidate's verdict as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthCandidateRecord {
+    pub batch_id: String,
+    pub candidate: u32,
+    /// running | accepted | rejected | error
+    pub status: String,
+    pub reason: Option<String>,
+    pub scenario_id: Option<String>,
+    /// The compiled scenario, YAML.
+    pub scenario: Option<String>,
+    pub path: Option<String>,
+    pub nearest_id: Option<String>,
+    pub nearest_similarity: Option<f64>,
 }
 
 /// An open store.
@@ -507,6 +539,139 @@ impl Store {
             ))
         };
         Ok((count("trials", "run_id")?, count("turns", "run_id")?, count("model_calls", "run_id")?))
+    }
+
+    /// Records a new synthesis batch.
+    pub fn create_synth_batch(&mut self, batch: &SynthBatchRecord) -> Result<(), StoreError> {
+        self.sql(self.connection.execute(
+            "INSERT INTO synth_batches (id, config, software_version, created_at) VALUES (?1, ?2, ?3, datetime('now'))",
+            params![batch.id, batch.config.to_string(), batch.software_version],
+        ))?;
+        Ok(())
+    }
+
+    /// Records that a candidate of a batch has started.
+    pub fn start_synth_candidate(&mut self, batch: &str, candidate: u32) -> Result<(), StoreError> {
+        self.sql(self.connection.execute(
+            "INSERT INTO synth_candidates (batch_id, candidate, status, started_at) VALUES (?1, ?2, 'running', datetime('now'))",
+            params![batch, candidate],
+        ))?;
+        Ok(())
+    }
+
+    /// Commits one round of one stage of a candidate.
+    pub fn record_synth_round(&mut self, batch: &str, candidate: u32, round: &Round) -> Result<(), StoreError> {
+        let judgement = round.judgement.as_ref();
+        let judge_call = round.judge_call.as_ref().map(serde_json::to_string).transpose()?;
+        let output = round.output.as_ref().map(serde_json::Value::to_string);
+        self.sql(self.connection.execute(
+            "INSERT INTO synth_rounds (batch_id, candidate, stage, round, prompt, reply, output, problems, judge_prompt, judge_reply, score, feedback, suggestion, passed, synthesizer_call, judge_call, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, datetime('now'))",
+            params![
+                batch,
+                candidate,
+                round.stage.as_str(),
+                round.round,
+                round.prompt(),
+                round.reply(),
+                output,
+                serde_json::to_string(&round.problems)?,
+                round.judge_prompt(),
+                round.judge_reply(),
+                judgement.map(|judgement| judgement.score),
+                judgement.map(|judgement| judgement.feedback.as_str()),
+                judgement.map(|judgement| judgement.suggestion.as_str()),
+                round.passed,
+                serde_json::to_string(&round.synthesizer_call)?,
+                judge_call,
+            ],
+        ))?;
+        Ok(())
+    }
+
+    /// Commits a candidate's verdict.
+    pub fn finish_synth_candidate(&mut self, record: &SynthCandidateRecord) -> Result<(), StoreError> {
+        self.sql(self.connection.execute(
+            "UPDATE synth_candidates SET status = ?3, reason = ?4, scenario_id = ?5, scenario = ?6, path = ?7, nearest_id = ?8, nearest_similarity = ?9, finished_at = datetime('now') WHERE batch_id = ?1 AND candidate = ?2",
+            params![
+                record.batch_id,
+                record.candidate,
+                record.status,
+                record.reason,
+                record.scenario_id,
+                record.scenario,
+                record.path,
+                record.nearest_id,
+                record.nearest_similarity,
+            ],
+        ))?;
+        Ok(())
+    }
+
+    /// The candidates of a synthesis batch, in order.
+    pub fn synth_candidates(&self, batch: &str) -> Result<Vec<SynthCandidateRecord>, StoreError> {
+        let mut statement = self.sql(self.connection.prepare(
+            "SELECT batch_id, candidate, status, reason, scenario_id, scenario, path, nearest_id, nearest_similarity FROM synth_candidates WHERE batch_id = ?1 ORDER BY candidate",
+        ))?;
+        let rows = statement
+            .query_map([batch], |row| {
+                Ok(SynthCandidateRecord {
+                    batch_id: row.get(0)?,
+                    candidate: row.get(1)?,
+                    status: row.get(2)?,
+                    reason: row.get(3)?,
+                    scenario_id: row.get(4)?,
+                    scenario: row.get(5)?,
+                    path: row.get(6)?,
+                    nearest_id: row.get(7)?,
+                    nearest_similarity: row.get(8)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// Every round of one candidate, in the order they ran.
+    pub fn synth_rounds(&self, batch: &str, candidate: u32) -> Result<Vec<Round>, StoreError> {
+        let mut statement = self.sql(self.connection.prepare(
+            "SELECT stage, round, output, problems, score, feedback, suggestion, passed, synthesizer_call, judge_call FROM synth_rounds WHERE batch_id = ?1 AND candidate = ?2 ORDER BY rowid",
+        ))?;
+        type Row = (String, u32, Option<String>, String, Option<f64>, Option<String>, Option<String>, bool, String, Option<String>);
+        let rows: Vec<Row> = statement
+            .query_map(params![batch, candidate], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                    row.get(7)?,
+                    row.get(8)?,
+                    row.get(9)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
+        rows.into_iter()
+            .map(|(stage, round, output, problems, score, feedback, suggestion, passed, synthesizer_call, judge_call)| {
+                Ok(Round {
+                    stage: Stage::parse(&stage).unwrap_or(Stage::Story),
+                    round,
+                    synthesizer_call: serde_json::from_str(&synthesizer_call)?,
+                    output: output.map(|text| serde_json::from_str(&text)).transpose()?,
+                    problems: serde_json::from_str(&problems)?,
+                    judge_call: judge_call.map(|text| serde_json::from_str(&text)).transpose()?,
+                    judgement: score.map(|score| Judgement {
+                        score,
+                        feedback: feedback.unwrap_or_default(),
+                        suggestion: suggestion.unwrap_or_default(),
+                    }),
+                    passed,
+                })
+            })
+            .collect()
     }
 }
 

@@ -8,5 +8,6 @@ mod report;
 mod run;
 mod scenario;
 mod support;
+mod synth;
 mod tidy;
 mod trial;
