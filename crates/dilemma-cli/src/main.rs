@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Print the results table of a run and write report.json and report.csv.
+    /// Print the results table of a run and write report.json and report.csv (and, with
+    /// --html, a self-contained HTML page with figures).
     Report(ReportArgs),
     /// List the built-in suites and their scenarios.
     List {
@@ -99,6 +100,9 @@ struct RunArgs {
     /// Where to write report.json and report.csv (default: results/<run id>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// At the end, also write the report as one self-contained HTML page with figures.
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
     /// How the agent answers: `json` (the paper's) or `tools` (native tool calls).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Json)]
     protocol: ProtocolArg,
@@ -154,6 +158,10 @@ struct ReportArgs {
     /// Where to write report.json and report.csv (default: results/<run id>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page with figures (no scripts, nothing
+    /// loaded from elsewhere).
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -338,7 +346,7 @@ fn run_command(args: RunArgs) -> Result<()> {
     let _ = progress.join();
     let (summary, store) = outcome?;
     let out = args.out.clone().unwrap_or_else(|| paths::default_out(&run_id));
-    write_report(&store, &run_id, &out)?;
+    write_report(&store, &run_id, &out, args.html.as_deref())?;
     if let Some(cost) = summary.cost.filter(|cost| *cost > 0.0) {
         println!("spent this session: ${cost:.4}");
     }
@@ -438,7 +446,7 @@ fn show_progress(mut receiver: tokio::sync::mpsc::UnboundedReceiver<RunEvent>) {
     }
 }
 
-fn write_report(store: &Store, run_id: &str, out: &std::path::Path) -> Result<()> {
+fn write_report(store: &Store, run_id: &str, out: &std::path::Path, html: Option<&std::path::Path>) -> Result<()> {
     let record = store.run(run_id)?;
     let trials = store.trials(run_id)?;
     let report = dilemma::report::build(&record, &trials);
@@ -449,6 +457,13 @@ fn write_report(store: &Store, run_id: &str, out: &std::path::Path) -> Result<()
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", json_path.display()))?;
     std::fs::write(&csv_path, dilemma::report::render_csv(&report)).with_context(|| format!("cannot write {}", csv_path.display()))?;
     println!("wrote {} and {}", json_path.display(), csv_path.display());
+    if let Some(path) = html {
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(path, dilemma::report::html::render_html(&report)).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
     std::io::stdout().flush().ok();
     Ok(())
 }
@@ -456,7 +471,7 @@ fn write_report(store: &Store, run_id: &str, out: &std::path::Path) -> Result<()
 fn report_command(args: &ReportArgs) -> Result<()> {
     let store = paths::open_existing_store(&args.store)?;
     let out = args.out.clone().unwrap_or_else(|| paths::default_out(&args.run));
-    write_report(&store, &args.run, &out)
+    write_report(&store, &args.run, &out, args.html.as_deref())
 }
 
 fn runs_command(store: &std::path::Path) -> Result<()> {

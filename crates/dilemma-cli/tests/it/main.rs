@@ -3,6 +3,7 @@
 mod cli;
 #[cfg(feature = "local-llm")]
 mod embedded;
+mod html_report;
 mod providers;
 mod resume;
 mod support;

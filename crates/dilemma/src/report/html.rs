@@ -62,15 +62,21 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Shortens a label to `max` characters with an ellipsis (the full text goes in a tooltip).
+/// Shortens a label to `max` characters with an ellipsis in the middle, which keeps both the
+/// provider prefix and the distinguishing end of ids like `scripted:/long/path/agent.yaml`
+/// (the full text goes in a tooltip).
 fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
-        short.push('…');
-        short
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
     }
+    let keep = max.saturating_sub(1);
+    let head = keep * 2 / 5;
+    let tail = keep - head;
+    let mut short: String = text.chars().take(head).collect();
+    short.push('…');
+    short.extend(text.chars().skip(count - tail));
+    short
 }
 
 /// A coordinate, to one decimal.
@@ -871,7 +877,8 @@ fn first_toxic_turn(report: &Report, models: &Models) -> String {
     let series: Vec<_> = report.first_toxic_turns.iter().filter(|model| model.valid > 0).collect();
     let last_turn = series.iter().flat_map(|model| &model.histogram).map(|bin| bin.turn).max().unwrap_or(1).max(1);
     let mut svg = Svg::default();
-    // One legend line per model, with its mean, spread and counts.
+    // One legend line per model, with its mean, spread and counts, the counts aligned.
+    let note_left = 84.0 + series.iter().map(|model| text_width(&clip(&model.model, 44), 12.0)).fold(0.0, f64::max) + 16.0;
     let mut y = 18.0;
     for model in &series {
         let total: u64 = model.histogram.iter().map(|bin| bin.trials).sum();
@@ -891,7 +898,7 @@ fn first_toxic_turn(report: &Report, models: &Models) -> String {
         svg.raw(&marker(models.shape(&model.model), 71.0, y - 4.0, 5.0, models.colour(&model.model)));
         svg.label(84.0, y, "legend", &model.model, 44);
         svg.text(
-            84.0 + text_width(&clip(&model.model, 44), 12.0) + 14.0,
+            note_left,
             y,
             "note",
             &format!(
@@ -1250,7 +1257,9 @@ mod tests {
     #[test]
     fn clip_keeps_short_labels_and_marks_cut_ones() {
         assert_eq!(clip("short", 10), "short");
-        assert_eq!(clip("abcdefghijkl", 5), "abcd…");
+        assert_eq!(clip("abcdefghijkl", 6), "ab…jkl");
+        assert_eq!(clip("scripted:/a/very/long/path/to/agent.yaml", 24).chars().count(), 24);
+        assert!(clip("scripted:/a/very/long/path/to/agent.yaml", 24).ends_with("agent.yaml"));
     }
 
     #[test]
