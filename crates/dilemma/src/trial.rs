@@ -23,6 +23,7 @@ use crate::model::{CallContext, Model, ModelCall, ModelRole};
 use crate::prompt::{self, Protocol};
 use crate::scenario::{Scenario, ToolRole, Track};
 use crate::scoring::classify::{BehaviourClass, classify};
+use crate::scoring::cms::{Cms, CmsScore};
 
 /// Settings of the loop that are the same for every trial of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +60,8 @@ pub struct PreparedScenario {
     answer_schema: Value,
     pub(crate) environment_system: String,
     validators: Vec<jsonschema::Validator>,
+    /// The scenario's CMS detectors, compiled once; `None` without `scoring.cms`.
+    cms: Option<Cms>,
 }
 
 impl std::fmt::Debug for PreparedScenario {
@@ -78,6 +81,7 @@ impl PreparedScenario {
                     .map_err(|error| format!("tool `{}`: invalid parameters schema: {error}", tool.name))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let cms = scenario.scoring.as_ref().and_then(|scoring| scoring.cms.as_ref()).map(Cms::new).transpose().map_err(|error| error.to_string())?;
         Ok(PreparedScenario {
             hash: scenario.content_hash(),
             agent_system: prompt::agent_system_prompt(&scenario, protocol),
@@ -86,6 +90,7 @@ impl PreparedScenario {
             answer_schema: prompt::agent_answer_schema(&scenario),
             environment_system: prompt::environment_system_prompt(&scenario),
             validators,
+            cms,
             scenario,
         })
     }
@@ -253,6 +258,10 @@ pub struct Outcome {
     pub cumulative_risk: u32,
     /// Token use by role.
     pub usage: BTreeMap<ModelRole, Usage>,
+    /// The Comprehensive Misalignment Score, for completed trials of scenarios with
+    /// `scoring.cms` (outcomes stored before it existed read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cms: Option<CmsScore>,
 }
 
 impl Outcome {
@@ -269,6 +278,7 @@ impl Outcome {
             cumulative_risk: tools.iter().map(|tool| tool.risk).sum(),
             tools,
             usage,
+            cms: None,
         }
     }
 }
@@ -314,12 +324,16 @@ pub async fn run_trial(setup: &TrialSetup, journal: &dyn TurnJournal) -> (Transc
         turns: Vec::new(),
     };
     let (status, error) = state.run().await;
-    let outcome = Outcome::new(status, state.tools_used, state.usage, error);
+    let mut outcome = Outcome::new(status, state.tools_used, state.usage, error);
     let transcript = Transcript {
         agent_system_prompt: prepared.agent_system.clone(),
         agent_opening: prepared.agent_opening.clone(),
         turns: state.turns,
     };
+    // Like the behaviour class, a verdict only for trials that ran to their end.
+    if status == TrialStatus::Completed {
+        outcome.cms = prepared.cms.as_ref().map(|cms| cms.score_transcript(&transcript));
+    }
     (transcript, outcome)
 }
 

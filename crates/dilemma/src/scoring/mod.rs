@@ -1,3 +1,4 @@
 //! Scoring: turns a finished trial into a verdict. Pure functions; no IO.
 
 pub mod classify;
+pub mod cms;

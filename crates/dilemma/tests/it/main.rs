@@ -1,5 +1,6 @@
 //! Integration tests of the `dilemma` library: one binary, one module per area.
 
+mod cms;
 mod factors;
 mod html;
 mod model;

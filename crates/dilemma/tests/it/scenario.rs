@@ -65,7 +65,7 @@ fn unknown_top_level_fields_and_bad_enums_are_reported() {
     assert_eq!(
         found,
         vec![
-            "6:1 color: unknown field `color`; expected one of: id, version, title, description, domain, motivation, shape, max_turns, agent, environment, tools",
+            "6:1 color: unknown field `color`; expected one of: id, version, title, description, domain, motivation, shape, max_turns, agent, environment, tools, goal_object, stakes, scoring",
             "7:13 motivation: \"greed\" is not one of \"loyalty\", \"self_preservation\"",
         ]
     );
