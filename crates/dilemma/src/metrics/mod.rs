@@ -9,6 +9,7 @@
 //! Aggregation is micro: counts are summed over trials before dividing.
 
 pub mod paired;
+pub mod rms;
 
 use std::collections::BTreeMap;
 
