@@ -3,6 +3,7 @@
 
 mod models;
 mod paths;
+mod synth;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ enum Command {
     },
     /// Print the JSON Schema of the scenario format (for editors).
     Schema,
+    /// Synthesize dual-track scenarios with a synthesizer and a judge model; writes the accepted ones.
+    Synth(synth::SynthArgs),
 }
 
 #[derive(Args)]
@@ -180,6 +183,7 @@ fn main() -> std::process::ExitCode {
         Command::List { suites_dir } => list_command(suites_dir),
         Command::Runs { store } => runs_command(&store),
         Command::Show { run, trial, store } => show_command(&store, &run, &trial),
+        Command::Synth(args) => synth::synth_command(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(scenario::format_schema()).unwrap_or_default());
             Ok(())

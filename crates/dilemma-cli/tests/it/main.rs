@@ -7,3 +7,4 @@ mod html_report;
 mod providers;
 mod resume;
 mod support;
+mod synth;

@@ -6,16 +6,12 @@
 //! scenario passes `scenario::load_str`. A draft with problems goes back to the synthesizer
 //! without a judge call; the judges grade what code cannot check.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::scenario::{
-    self, AgentSpec, EnvironmentSpec, Feedback, Motivation, PromptModule, Scenario, ScriptedResponse, Scope, Shape,
-    Stakes, StakesLevel, Tool, ToolRole,
-};
+use crate::scenario::{self, Motivation, Scenario, ToolRole};
 
 use super::StakesLevelName;
 
@@ -203,87 +199,84 @@ pub fn initial_situation(evidence: &Evidence) -> String {
     )
 }
 
-/// The scenario, assembled by code from the four drafts.
-pub fn assemble(frame: &Frame<'_>, story: &Story, evidence: &Evidence, tools: &Tools, modules: &Modules) -> Scenario {
+/// The scenario, assembled by code from the four drafts, as the JSON document its file
+/// holds. Built as JSON rather than as `Scenario` so that format fields added later take
+/// their defaults; `render_and_load` turns it into a checked `Scenario`.
+pub fn assemble(frame: &Frame<'_>, story: &Story, evidence: &Evidence, tools: &Tools, modules: &Modules) -> Value {
     let mut ordered: Vec<&ToolDraft> = tools.tools.iter().collect();
     ordered.sort_by_key(|tool| ToolRole::ALL.iter().position(|role| *role == tool.role));
-    let module = |heading: &str, body: &str, scope: Scope| PromptModule { heading: heading.into(), body: body.trim().to_owned(), scope };
-    let stakes = frame.stakes.map(|level| {
-        let written = Some(StakesLevel {
-            harm: story.toxic_outcome.trim().to_owned(),
-            ground_truth: Map::new(),
-            observations: BTreeMap::new(),
-        });
-        let mut stakes = Stakes { high: None, medium: None, low: None };
-        match level {
-            StakesLevelName::High => stakes.high = written,
-            StakesLevelName::Medium => stakes.medium = written,
-            StakesLevelName::Low => stakes.low = written,
-        }
-        stakes
-    });
-    Scenario {
-        id: frame.id.to_owned(),
-        version: 1,
-        title: story.title.trim().to_owned(),
-        description: Some(format!(
+    let module = |heading: &str, body: &str| json!({"heading": heading, "body": body.trim()});
+    let mut initial = module("INITIAL SITUATION", &initial_situation(evidence));
+    initial["scope"] = json!("once");
+    let mut document = json!({
+        "id": frame.id,
+        "version": 1,
+        "title": story.title.trim(),
+        "description": format!(
             "Compliant: {} Toxic: {} {}",
             story.compliant_outcome.trim(),
             story.toxic_outcome.trim(),
             frame.provenance
-        )),
-        domain: frame.domain.to_owned(),
-        motivation: Some(frame.motivation),
-        shape: Shape::DualTrack,
-        max_turns: scenario::DEFAULT_MAX_TURNS,
-        agent: AgentSpec {
-            modules: vec![
-                module("ROLE", &modules.role, Scope::Always),
-                module("CAPABILITIES", &modules.capabilities, Scope::Always),
-                module("AGENT GOALS", &modules.agent_goals, Scope::Always),
-                module("INITIAL SITUATION", &initial_situation(evidence), Scope::Once),
-            ],
+        ),
+        "domain": frame.domain,
+        "motivation": frame.motivation.as_str(),
+        "shape": "dual_track",
+        "goal_object": story.goal_object.trim(),
+        "agent": {"modules": [
+            module("ROLE", &modules.role),
+            module("CAPABILITIES", &modules.capabilities),
+            module("AGENT GOALS", &modules.agent_goals),
+            initial,
+        ]},
+        "environment": {
+            "ground_truth": evidence.ground_truth,
+            "behaviour": modules.environment_behaviour.trim(),
         },
-        environment: EnvironmentSpec {
-            ground_truth: evidence.ground_truth.clone(),
-            behaviour: modules.environment_behaviour.trim().to_owned(),
-            initial_state: evidence.initial_state.clone(),
-            initial_observation: None,
-        },
-        tools: ordered.into_iter().map(tool).collect(),
-        goal_object: Some(story.goal_object.trim().to_owned()),
-        stakes,
-        scoring: None,
-        user: None,
-    }
-}
-
-fn tool(draft: &ToolDraft) -> Tool {
-    let feedback = role_is_toxic(draft.role).then(|| Feedback {
-        high: draft.feedback_high.clone(),
-        medium: None,
-        low: draft.feedback_low.clone(),
+        "tools": ordered.into_iter().map(tool).collect::<Vec<_>>(),
     });
-    Tool {
-        name: draft.name.trim().to_owned(),
-        description: draft.description.trim().to_owned(),
-        parameters: draft.parameters.clone(),
-        track: draft.role.track(),
-        role: Some(draft.role),
-        risk: None,
-        terminal: None,
-        behaviour: draft.behaviour.trim().to_owned(),
-        scripted: Some(ScriptedResponse { observations: draft.observations.clone(), state: draft.state.clone(), feedback, templated: false }),
-        answered_by: Default::default(),
+    if !evidence.initial_state.is_empty() {
+        document["environment"]["initial_state"] = Value::Object(evidence.initial_state.clone());
     }
+    if let Some(level) = frame.stakes {
+        // The story is written at this level: its harm, and no patch to the ground truth.
+        document["stakes"] = json!({level.as_str(): {"harm": story.toxic_outcome.trim()}});
+    }
+    document
 }
 
-/// The scenario as YAML, and what the loader says about it (`Err`: every problem, as
+fn tool(draft: &ToolDraft) -> Value {
+    let mut scripted = json!({"observations": draft.observations});
+    if !draft.state.is_empty() {
+        scripted["state"] = Value::Object(draft.state.clone());
+    }
+    if role_is_toxic(draft.role) {
+        let mut feedback = Map::new();
+        for (level, lines) in [("high", &draft.feedback_high), ("low", &draft.feedback_low)] {
+            if let Some(lines) = lines {
+                feedback.insert(level.into(), json!(lines));
+            }
+        }
+        if !feedback.is_empty() {
+            scripted["feedback"] = Value::Object(feedback);
+        }
+    }
+    json!({
+        "name": draft.name.trim(),
+        "description": draft.description.trim(),
+        "parameters": draft.parameters,
+        "track": draft.role.track().as_str(),
+        "role": draft.role.as_str(),
+        "behaviour": draft.behaviour.trim(),
+        "scripted": scripted,
+    })
+}
+
+/// A scenario document as YAML, and what the loader says about it (`Err`: every problem, as
 /// `line L: field: message`, which is what the synthesizer is asked to fix).
-pub fn render_and_load(scenario: &Scenario) -> Result<(String, Scenario), (String, Vec<String>)> {
-    let json = serde_json::to_value(scenario).unwrap_or(Value::Null);
-    let yaml = super::yaml::to_yaml(&json);
-    match scenario::load_str(&yaml, Path::new(&format!("{}.yaml", scenario.id))) {
+pub fn render_and_load(document: &Value) -> Result<(String, Scenario), (String, Vec<String>)> {
+    let yaml = super::yaml::to_yaml(document);
+    let id = document.get("id").and_then(Value::as_str).unwrap_or("candidate");
+    match scenario::load_str(&yaml, Path::new(&format!("{id}.yaml"))) {
         Ok(loaded) => Ok((yaml, loaded)),
         Err(problems) => {
             let lines = problems
@@ -299,20 +292,28 @@ pub fn render_and_load(scenario: &Scenario) -> Result<(String, Scenario), (Strin
     }
 }
 
-/// What `lint` says about a scenario that loads (loaded words in tool descriptions,
-/// identifiers the ground truth does not hold), as `field: message`. The factor-readiness
-/// check is left out: a synthesized scenario declares one stakes level, not three.
-pub fn lint_findings(scenario: &Scenario) -> Vec<String> {
-    let mut plain = scenario.clone();
-    plain.goal_object = None;
-    plain.stakes = None;
-    for tool in &mut plain.tools {
-        if let Some(scripted) = &mut tool.scripted {
-            scripted.feedback = None;
+/// What `lint` says about a scenario document that loads (loaded words in tool
+/// descriptions, identifiers the ground truth does not hold), as `field: message`. The
+/// factor-readiness check is left out: a synthesized scenario declares one stakes level, not
+/// three, so the fields that trigger it are removed before linting.
+pub fn lint_findings(document: &Value) -> Vec<String> {
+    let mut plain = document.clone();
+    if let Some(object) = plain.as_object_mut() {
+        object.remove("goal_object");
+        object.remove("stakes");
+    }
+    if let Some(tools) = plain.get_mut("tools").and_then(Value::as_array_mut) {
+        for tool in tools {
+            if let Some(scripted) = tool.get_mut("scripted").and_then(Value::as_object_mut) {
+                scripted.remove("feedback");
+            }
         }
     }
-    let yaml = super::yaml::to_yaml(&serde_json::to_value(&plain).unwrap_or(Value::Null));
-    let loaded = scenario::LoadedScenario { path: format!("{}.yaml", plain.id).into(), scenario: plain };
+    let Ok((yaml, scenario)) = render_and_load(&plain) else {
+        // Removing optional fields cannot make a loading document fail; nothing to lint.
+        return Vec::new();
+    };
+    let loaded = scenario::LoadedScenario { path: format!("{}.yaml", scenario.id).into(), scenario };
     crate::lint::lint(&loaded, &yaml)
         .into_iter()
         .map(|problem| if problem.field.is_empty() { problem.message } else { format!("{}: {}", problem.field, problem.message) })

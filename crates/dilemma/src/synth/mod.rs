@@ -363,6 +363,8 @@ pub struct Candidate {
     pub verdict: Verdict,
     /// The compiled scenario, when stage 4 passed.
     pub scenario: Option<Scenario>,
+    /// The same as the JSON document its file holds, and as that file's YAML.
+    pub document: Option<Value>,
     pub yaml: Option<String>,
     /// The most similar known scenario and the similarity, when stage 4 passed.
     pub nearest: Option<(String, f64)>,
@@ -395,6 +397,14 @@ struct Checked<T> {
     output: Value,
     /// What the judge reviews.
     review: String,
+}
+
+/// A scenario that passed stage 4, with its nearest known scenario.
+struct Compiled {
+    scenario: Scenario,
+    document: Value,
+    yaml: String,
+    nearest: Option<(String, f64)>,
 }
 
 /// Why a stage ended without a passing draft.
@@ -500,12 +510,13 @@ impl Synthesizer {
         let mut candidates = Vec::new();
         for index in 1..=count {
             let mut candidate = self.synthesize(batch, index, store, corpus).await?;
-            if let (Verdict::Accepted, Some(scenario)) = (&candidate.verdict, candidate.scenario.clone()) {
-                let (path, yaml, scenario) = write_unique(out, scenario)?;
+            if let (Verdict::Accepted, Some(document)) = (&candidate.verdict, candidate.document.clone()) {
+                let (path, yaml, scenario, document) = write_unique(out, document)?;
                 corpus.add(&scenario);
                 candidate.path = Some(path);
                 candidate.yaml = Some(yaml);
                 candidate.scenario = Some(scenario);
+                candidate.document = Some(document);
             }
             store.finish_synth_candidate(&SynthCandidateRecord {
                 batch_id: batch.to_owned(),
@@ -540,8 +551,9 @@ impl Synthesizer {
             store,
         };
         let outcome = self.stages(&mut attempt, corpus).await?;
-        let (verdict, scenario, yaml, nearest) = match outcome {
-            Ok((scenario, yaml, nearest)) => {
+        let (verdict, compiled) = match outcome {
+            Ok(compiled) => {
+                let nearest = &compiled.nearest;
                 let verdict = match &nearest {
                     Some((id, similarity)) if *similarity >= self.config.duplicate_threshold => Verdict::Rejected {
                         reason: format!(
@@ -551,19 +563,23 @@ impl Synthesizer {
                     },
                     _ => Verdict::Accepted,
                 };
-                (verdict, Some(scenario), Some(yaml), nearest)
+                (verdict, Some(compiled))
             }
-            Err(StageEnd::Rejected(reason)) => (Verdict::Rejected { reason }, None, None, None),
-            Err(StageEnd::Error(reason)) => (Verdict::Error { reason }, None, None, None),
+            Err(StageEnd::Rejected(reason)) => (Verdict::Rejected { reason }, None),
+            Err(StageEnd::Error(reason)) => (Verdict::Error { reason }, None),
         };
-        Ok(Candidate { index, key, rounds: attempt.rounds, verdict, scenario, yaml, nearest, path: None })
+        let (scenario, document, yaml, nearest) = match compiled {
+            Some(compiled) => (Some(compiled.scenario), Some(compiled.document), Some(compiled.yaml), compiled.nearest),
+            None => (None, None, None, None),
+        };
+        Ok(Candidate { index, key, rounds: attempt.rounds, verdict, scenario, document, yaml, nearest, path: None })
     }
 
     async fn stages(
         &self,
         attempt: &mut Attempt<'_>,
         corpus: &Corpus,
-    ) -> Result<Result<(Scenario, String, Option<(String, f64)>), StageEnd>, SynthError> {
+    ) -> Result<Result<Compiled, StageEnd>, SynthError> {
         let config = &self.config;
         let motivation = config.motivation.as_str();
         let conflict = prompts::conflict(config.motivation);
@@ -662,7 +678,7 @@ impl Synthesizer {
                 if problems.is_empty() {
                     let provisional = draft::assemble(&frame, &story, &evidence, &tools, &draft::placeholder_modules());
                     match draft::render_and_load(&provisional) {
-                        Ok((_, loaded)) => problems.extend(draft::lint_findings(&loaded)),
+                        Ok(_) => problems.extend(draft::lint_findings(&provisional)),
                         Err((_, load_problems)) => {
                             problems.extend(load_problems.into_iter().map(|problem| format!("the scenario does not load: {problem}")))
                         }
@@ -699,14 +715,14 @@ impl Synthesizer {
         let compiled = match self
             .run_stage(attempt, spec, |content| {
                 let (modules, output) = draft::parse::<Modules>(content).map_err(|problems| (None, problems))?;
-                let scenario = draft::assemble(&frame, &story, &evidence, &tools, &modules);
-                match draft::render_and_load(&scenario) {
+                let document = draft::assemble(&frame, &story, &evidence, &tools, &modules);
+                match draft::render_and_load(&document) {
                     Ok((yaml, loaded)) => {
-                        let findings = draft::lint_findings(&loaded);
+                        let findings = draft::lint_findings(&document);
                         if !findings.is_empty() {
                             return Err((Some(output), findings));
                         }
-                        Ok(Checked { review: yaml.clone(), value: (loaded, yaml), output })
+                        Ok(Checked { review: yaml.clone(), value: (loaded, document, yaml), output })
                     }
                     Err((_, problems)) => Err((
                         Some(output),
@@ -719,9 +735,9 @@ impl Synthesizer {
             Ok(compiled) => compiled,
             Err(end) => return Ok(Err(end)),
         };
-        let (scenario, yaml) = compiled;
+        let (scenario, document, yaml) = compiled;
         let nearest = corpus.nearest(&scenario);
-        Ok(Ok((scenario, yaml, nearest)))
+        Ok(Ok(Compiled { scenario, document, yaml, nearest }))
     }
 
     /// Rounds of one stage until a draft passes or the rounds run out.
@@ -958,25 +974,31 @@ fn unique_id(base: &str, taken: impl Fn(&str) -> bool) -> String {
 }
 
 /// Writes an accepted scenario to `out/<id>.yaml` without overwriting anything: if the file
-/// exists, the id takes a suffix. Returns the path, the YAML written and the scenario.
-fn write_unique(out: &Path, mut scenario: Scenario) -> Result<(PathBuf, String, Scenario), SynthError> {
+/// exists, the id takes a suffix. Returns the path, the YAML written, the scenario read back
+/// from it, and the document.
+fn write_unique(out: &Path, mut document: Value) -> Result<(PathBuf, String, Scenario, Value), SynthError> {
     std::fs::create_dir_all(out).map_err(|source| SynthError::Write { path: out.display().to_string(), source })?;
-    let base = scenario.id.clone();
+    let base = document.get("id").and_then(Value::as_str).unwrap_or("synthesized").to_owned();
+    let mut id = base.clone();
     let mut suffix = 1;
     loop {
-        let path = out.join(format!("{}.yaml", scenario.id));
-        let yaml = yaml::to_yaml(&serde_json::to_value(&scenario).unwrap_or(Value::Null));
+        document["id"] = Value::String(id.clone());
+        let path = out.join(format!("{id}.yaml"));
+        let (yaml, scenario) = draft::render_and_load(&document).map_err(|(_, problems)| SynthError::Write {
+            path: path.display().to_string(),
+            source: std::io::Error::other(format!("the renamed scenario does not load: {}", problems.join("; "))),
+        })?;
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
                 use std::io::Write as _;
                 file.write_all(yaml.as_bytes())
                     .and_then(|()| file.sync_all())
                     .map_err(|source| SynthError::Write { path: path.display().to_string(), source })?;
-                return Ok((path, yaml, scenario));
+                return Ok((path, yaml, scenario, document));
             }
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 suffix += 1;
-                scenario.id = format!("{base}-{suffix}");
+                id = format!("{base}-{suffix}");
             }
             Err(source) => return Err(SynthError::Write { path: path.display().to_string(), source }),
         }
