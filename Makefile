@@ -10,9 +10,10 @@ BUILD := $(CARGO) test --release --workspace --locked --no-run
 
 .PHONY: run test deps model build check clean crash-test real-server-test
 
-## Install what is missing, build, run the built-in suite on the embedded model, print the table.
+## Install what is missing, build, run the built-in suite on the embedded model, print the
+## table, and write the report (results/<run id>/report.json, report.csv, results/report.html).
 run: deps model build
-	$(DILEMMA) run toxic-proactivity --model agent=local:smollm2
+	$(DILEMMA) run toxic-proactivity --model agent=local:smollm2 --html results/report.html
 
 ## The whole offline test suite (unit, integration, the embedded model, the CLI).
 test: deps model
