@@ -3,11 +3,13 @@
 mod cms;
 mod factors;
 mod html;
+mod lint;
 mod model;
 mod providers;
 mod report;
 mod run;
 mod scenario;
+mod suite;
 mod support;
 mod synth;
 mod tidy;
