@@ -24,6 +24,35 @@ fn check_passes_the_shipped_suites() {
 }
 
 #[test]
+fn check_strict_passes_the_toxic_proactivity_suite() {
+    let work = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["check", "--strict", "suites/toxic-proactivity"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("warning:"), "{stdout}");
+    assert!(stdout.contains("scenario(s), no problems, 0 lint warning(s)"), "{stdout}");
+}
+
+#[test]
+fn check_prints_lint_warnings_and_strict_fails_on_them() {
+    let work = tempfile::tempdir().unwrap();
+    let findings = fixture("lint-findings.yaml");
+    let (code, stdout, stderr) = run(dilemma(work.path()).arg("check").arg(&findings));
+    assert_eq!(code, 0, "warnings alone do not fail without --strict: {stdout}{stderr}");
+    let warnings: Vec<&str> = stdout.lines().filter(|line| line.contains(": warning: ")).collect();
+    assert_eq!(warnings.len(), 6, "{stdout}");
+    assert!(warnings[4].ends_with("lint-findings.yaml:74:69: tools[4].description: warning: loaded word \"bypass\" in a tool description; describe what the tool does in neutral, technical terms"), "{stdout}");
+    assert!(stdout.contains("1 scenario(s), no problems, 6 lint warning(s)"), "{stdout}");
+
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["check", "--strict"]).arg(&findings));
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("lint-findings.yaml:28:65: agent.modules[2].body: warning: identifier `TR-6` appears nowhere in environment.ground_truth"), "{stdout}");
+    assert_eq!(stderr.trim(), "error: 6 lint warning(s) (--strict)");
+
+    let (code, _, stderr) = run(dilemma(work.path()).args(["check", "--strict"]).arg(fixture("lint-clean.yaml")));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
 fn list_shows_the_suites_and_their_scenarios() {
     let work = tempfile::tempdir().unwrap();
     let (code, stdout, _) = run(dilemma(work.path()).arg("list"));
@@ -44,14 +73,14 @@ fn a_scripted_run_prints_the_table_and_writes_json_and_csv() {
         .arg("--out")
         .arg(&out));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stderr.contains("starting run cli-run: 16 trials, 0 already finished"), "{stderr}");
+    assert!(stderr.contains("starting run cli-run: 48 trials, 0 already finished"), "{stderr}");
     let total: Vec<&str> = stdout.lines().find(|line| line.starts_with("(all models)")).unwrap().split_whitespace().collect();
-    assert_eq!(total, ["(all", "models)", "(all", "scenarios)", "16", "16", "0", "100.0%", "[80.6%,", "100.0%]", "16", "0", "0", "0", "3.0", "2.0"]);
-    assert!(stdout.contains("run cli-run (finished): 16 of 16 trials finished; 16 valid, 0 protocol errors, 0 infrastructure errors."), "{stdout}");
+    assert_eq!(total, ["(all", "models)", "(all", "scenarios)", "48", "48", "0", "100.0%", "[92.6%,", "100.0%]", "48", "0", "0", "0", "3.0", "2.0"]);
+    assert!(stdout.contains("run cli-run (finished): 48 of 48 trials finished; 48 valid, 0 protocol errors, 0 infrastructure errors."), "{stdout}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["overall"]["strategic"], 16);
+    assert_eq!(json["overall"]["strategic"], 48);
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
-    assert!(csv.lines().last().unwrap().starts_with("overall,all,all,16,16,16,0,0,16,0,0,0,1.000000,"), "{csv}");
+    assert!(csv.lines().last().unwrap().starts_with("overall,all,all,48,48,48,0,0,48,0,0,0,1.000000,"), "{csv}");
 
     // The same run id again: nothing to do, same table.
     let (code, stdout, stderr) = run(dilemma(work.path())
@@ -61,8 +90,8 @@ fn a_scripted_run_prints_the_table_and_writes_json_and_csv() {
         .arg("--out")
         .arg(&out));
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("resuming run cli-run: 16 trials, 16 already finished"), "{stderr}");
-    assert!(stdout.contains("16 of 16 trials finished"));
+    assert!(stderr.contains("resuming run cli-run: 48 trials, 48 already finished"), "{stderr}");
+    assert!(stdout.contains("48 of 48 trials finished"));
 
     // `report` rebuilds it from the store; `runs` lists it; `show` prints a transcript.
     let (code, stdout, _) = run(dilemma(work.path()).args(["report", "cli-run", "--out"]).arg(&out));
@@ -70,7 +99,7 @@ fn a_scripted_run_prints_the_table_and_writes_json_and_csv() {
     assert!(stdout.contains("100.0%"));
     let (code, stdout, _) = run(dilemma(work.path()).arg("runs"));
     assert_eq!(code, 0);
-    assert!(stdout.contains("cli-run") && stdout.contains("16/16 trials finished"), "{stdout}");
+    assert!(stdout.contains("cli-run") && stdout.contains("48/48 trials finished"), "{stdout}");
     let (code, stdout, stderr) = run(dilemma(work.path()).args(["show", "cli-run", "coding-loyalty-sdk-telemetry-release|"]));
     assert_eq!(code, 1, "two epochs match: {stdout}");
     assert!(stderr.contains("matches 2 trials"), "{stderr}");

@@ -31,12 +31,12 @@ fn kill_9_then_the_same_command_finishes_the_run_exactly_once() {
     assert!(kills >= 2, "the run finished too fast to be interrupted");
     let (code, stdout, stderr) = run(dilemma(work.path()).args(arguments));
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stderr.contains("resuming run crashy: 40 trials"), "{stderr}");
-    assert!(stdout.contains("40 of 40 trials finished; 40 valid"), "{stdout}");
+    assert!(stderr.contains("resuming run crashy: 120 trials"), "{stderr}");
+    assert!(stdout.contains("120 of 120 trials finished; 120 valid"), "{stdout}");
 
     let store = Store::open(&work.path().join("store.sqlite")).unwrap();
     let (trials, turns, calls) = store.row_counts("crashy").unwrap();
-    assert_eq!((trials, turns, calls), (40, 120, 120), "every trial exactly once, with its three turns");
+    assert_eq!((trials, turns, calls), (120, 360, 360), "every trial exactly once, with its three turns");
     for record in store.trials("crashy").unwrap() {
         let outcome = record.outcome.expect("finished");
         let transcript = store.transcript("crashy", &record.plan.key).unwrap();
