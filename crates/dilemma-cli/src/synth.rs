@@ -62,6 +62,9 @@ pub struct SynthArgs {
     /// Move each synthesizer call's temperature by a seeded amount in ±this (the reference: 0.2).
     #[arg(long, default_value_t = 0.0)]
     temperature_jitter: f32,
+    /// Most tokens per synthesizer reply (a six-tool catalogue needs a few thousand).
+    #[arg(long, default_value_t = 4096)]
+    max_tokens: u32,
     /// Seed of the synthesizer's calls (default: random, and printed); the same seed and
     /// arguments replay a batch from the response cache.
     #[arg(long)]
@@ -149,6 +152,7 @@ fn config(args: &SynthArgs) -> Result<SynthConfig> {
     config.duplicate_threshold = args.duplicate_threshold;
     config.synthesizer_temperature = args.temperature;
     config.temperature_jitter = args.temperature_jitter;
+    config.synthesizer_max_tokens = args.max_tokens;
     // The low bits of a v7 UUID are random; 31 bits fit every provider's seed.
     config.seed = args.seed.unwrap_or_else(|| (uuid::Uuid::now_v7().as_u128() as u64) & 0x7fff_ffff);
     config.validate().map_err(|error| anyhow::anyhow!("{error}"))?;
