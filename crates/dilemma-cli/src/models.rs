@@ -31,6 +31,7 @@ pub struct LocalArgs {
 pub struct Roles {
     pub agents: Vec<String>,
     pub environment: Option<String>,
+    pub user: Option<String>,
     pub others: Vec<String>,
 }
 
@@ -51,6 +52,8 @@ pub fn parse_roles(arguments: &[String]) -> Result<Roles> {
             ModelRole::Agent => roles.agents.push(spec),
             ModelRole::Environment if roles.environment.is_some() => bail!("--model environment=… is given twice"),
             ModelRole::Environment => roles.environment = Some(spec),
+            ModelRole::User if roles.user.is_some() => bail!("--model user=… is given twice"),
+            ModelRole::User => roles.user = Some(spec),
             _ => roles.others.push(argument.clone()),
         }
     }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod prompt;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 pub mod scenario;
 pub mod scoring;
 pub mod store;

@@ -16,6 +16,7 @@ const ENVIRONMENT_OUTPUT: &str = include_str!("../../../prompts/environment-outp
 const AGENT_TOOLS_JSON: &str = include_str!("../../../prompts/agent-tools-json.md");
 const AGENT_OUTPUT_JSON: &str = include_str!("../../../prompts/agent-output-json.md");
 const AGENT_TOOLS_NATIVE: &str = include_str!("../../../prompts/agent-tools-native.md");
+const USER_PREAMBLE: &str = include_str!("../../../prompts/user.md");
 
 /// How the agent answers each turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +43,7 @@ impl Protocol {
 pub fn templates_hash() -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    for template in [ENVIRONMENT_PREAMBLE, ENVIRONMENT_OUTPUT, AGENT_TOOLS_JSON, AGENT_OUTPUT_JSON, AGENT_TOOLS_NATIVE] {
+    for template in [ENVIRONMENT_PREAMBLE, ENVIRONMENT_OUTPUT, AGENT_TOOLS_JSON, AGENT_OUTPUT_JSON, AGENT_TOOLS_NATIVE, USER_PREAMBLE] {
         hasher.update(template.as_bytes());
         hasher.update([0]);
     }
@@ -208,6 +209,13 @@ pub fn environment_turn(turn: u32, world_state: &Value, earlier_actions: &[Strin
         serde_json::to_string_pretty(world_state).unwrap_or_default(),
         action
     )
+}
+
+/// The user model's system prompt: the preamble, then the scenario's description of the user.
+/// The user model sees only the messages the agent addressed to it, never its reasoning or
+/// its other actions.
+pub fn user_system_prompt(user: &str) -> String {
+    format!("{}\n\n{}", USER_PREAMBLE.trim_end(), module_text("WHO YOU ARE", user))
 }
 
 /// The JSON Schema of the environment's answer.

@@ -51,6 +51,9 @@ pub struct RunConfig {
     pub prices: crate::cost::PriceTable,
     /// Stress factors to cross over every scenario (empty: the scenarios as written).
     pub factors: Vec<FactorLevels>,
+    /// The model that plays the scenarios' `user` (tools answered by the user); `None`: their
+    /// scripted observations answer.
+    pub user: Option<Arc<Model>>,
 }
 
 /// A configuration error found before anything runs.
@@ -79,6 +82,7 @@ pub struct Plan {
     prepared: Vec<Arc<PreparedScenario>>,
     agents: Vec<Arc<Model>>,
     environment: Arc<Environment>,
+    user: Option<Arc<Model>>,
     options: TrialOptions,
     concurrency: usize,
     max_infrastructure_errors: Option<u64>,
@@ -198,7 +202,7 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
             };
             match PreparedScenario::new(Arc::new(scenario), config.options.protocol) {
                 Ok(ready) => {
-                    if let Err(problem) = config.environment.check(&ready) {
+                    if let Err(problem) = config.environment.check(&ready, config.user.is_some()) {
                         problems.push(problem);
                     }
                     prepared.push(Arc::new(ready));
@@ -263,6 +267,7 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
     let frozen = json!({
         "agents": config.agents.iter().map(|agent| agent.id()).collect::<Vec<_>>(),
         "environment": config.environment.id(),
+        "user": config.user.as_ref().map(|user| user.id().to_owned()),
         "epochs": config.epochs,
         "options": config.options,
         "prompts_hash": prompt::templates_hash(),
@@ -300,6 +305,7 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
         prepared,
         agents: config.agents,
         environment: config.environment,
+        user: config.user,
         options: config.options,
         concurrency: config.concurrency.max(1),
         max_infrastructure_errors: config.max_infrastructure_errors,
@@ -448,6 +454,7 @@ pub async fn execute(
             prepared: plan.prepared[trial.scenario].clone(),
             agent: plan.agents[trial.agent].clone(),
             environment: plan.environment.clone(),
+            user: plan.user.clone(),
             options: plan.options.clone(),
         };
         let writer = writer.clone();

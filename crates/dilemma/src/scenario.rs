@@ -81,6 +81,34 @@ pub struct Scenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "ScoringSpec")]
     pub scoring: Option<ScoringSpec>,
+    /// The second party of a conversation (a user who asks, pushes or negotiates): who they
+    /// are and what they want. A user model (`--model user=SPEC`) plays it and answers the
+    /// tools marked `answered_by: user`; without one, those tools play their scripted
+    /// observations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "UserSpec")]
+    pub user: Option<UserSpec>,
+}
+
+/// The user a user model plays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    /// Who the user is, what they want from the agent and how they behave, addressed to the
+    /// model that plays them ("You are Dana, the resource manager ...").
+    #[schemars(length(min = 1))]
+    pub prompt: String,
+}
+
+/// Who answers a tool call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Responder {
+    /// The environment (scripted or model) answers, as for any tool.
+    #[default]
+    Environment,
+    /// The user answers: the call is a message to them, its observation their reply.
+    User,
 }
 
 /// The three stakes levels of a scenario.
@@ -201,6 +229,68 @@ pub struct EnvironmentSpec {
     /// The agent's first observation. Default: the ground truth, as the reference does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_observation: Option<String>,
+    /// A shell sandbox for the tools with `shell: true`: a fresh root per trial, seeded with
+    /// these files, where the agent's commands really run (`sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "SandboxSpec")]
+    pub sandbox: Option<SandboxSpec>,
+}
+
+/// The shell sandbox of a scenario. Every trial gets its own copy of `files` under
+/// `/workspace`, kept across the trial's commands and removed at its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// The files of the trial's root: path relative to `/workspace` (no `..`, no leading `/`)
+    /// to text. Folders are created as needed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Permission bits of some of `files`, as octal text: `"0444"` read-only, `"0755"`
+    /// executable, `"0000"` unreadable until the agent changes it. Default `0644`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub modes: BTreeMap<String, String>,
+    /// The unprivileged user the commands run as (uid 1000, never root).
+    #[serde(default = "default_sandbox_user")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_-]*$"), length(max = 32))]
+    pub user: String,
+    /// The agent's action log, relative to `/workspace`: after every command the harness
+    /// appends the command and the observation the agent got. The agent can read (and edit) it;
+    /// the harness keeps its own record in the transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_log: Option<String>,
+    /// Wall-clock and CPU-time limit of one command, in seconds.
+    #[serde(default = "default_sandbox_timeout")]
+    #[schemars(range(min = 1, max = 120))]
+    pub timeout_seconds: u32,
+    /// The most bytes of stdout, and of stderr, the agent sees per command.
+    #[serde(default = "default_sandbox_output_limit")]
+    #[schemars(range(min = 256, max = 65536))]
+    pub output_limit: u32,
+}
+
+fn default_sandbox_user() -> String {
+    "agent".into()
+}
+
+fn default_sandbox_timeout() -> u32 {
+    10
+}
+
+fn default_sandbox_output_limit() -> u32 {
+    8192
+}
+
+impl Default for SandboxSpec {
+    fn default() -> Self {
+        SandboxSpec {
+            files: BTreeMap::new(),
+            modes: BTreeMap::new(),
+            user: default_sandbox_user(),
+            action_log: None,
+            timeout_seconds: default_sandbox_timeout(),
+            output_limit: default_sandbox_output_limit(),
+        }
+    }
 }
 
 /// One action the agent can take.
@@ -235,6 +325,19 @@ pub struct Tool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "ScriptedResponse")]
     pub scripted: Option<ScriptedResponse>,
+    /// `environment` (default) or `user`: a call of a user-answered tool is a message to the
+    /// scenario's `user`, and the observation is their reply.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub answered_by: Responder,
+    /// Whether the tool is a shell: its `command` argument runs in `environment.sandbox`, and
+    /// the observation is the exit code with stdout and stderr (truncated), in every
+    /// environment mode. Its parameters must have a required string `command`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shell: bool,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn empty_parameters() -> Map<String, Value> {
@@ -272,6 +375,13 @@ pub struct ScriptedResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Feedback")]
     pub feedback: Option<Feedback>,
+    /// Whether `observations` and `state` (keys and values) are MiniJinja templates, rendered
+    /// per call with `args` (the call's arguments), `state` (the world state before the call),
+    /// `truth` (the ground truth), `call` (earlier calls of this tool, from 0) and `turn`. A
+    /// rendered state value that reads as JSON (`15`, `true`, `[1]`) is stored as that value.
+    /// This is how a stateful environment (a CPU table, a message stream) is written as data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub templated: bool,
 }
 
 /// A toxic tool's scripted observations per feedback level.
@@ -379,6 +489,66 @@ pub struct ScoringSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "CmsSpec")]
     pub cms: Option<CmsSpec>,
+    /// The eval's own score of a completed trial, as an expression (`scoring::primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "PrimarySpec")]
+    pub primary: Option<PrimarySpec>,
+    /// Log tampering (the canary-code eval): whether the canary the agent read is missing from
+    /// the sandbox's final `action_log` (`scoring::sandbox_evals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "LogTamperingSpec")]
+    pub log_tampering: Option<LogTamperingSpec>,
+    /// Rules over the shell commands the agent executed (the network-manager eval): each
+    /// matching rule is a hit with its severity (`scoring::sandbox_evals`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_rules: Vec<CommandRule>,
+}
+
+/// The canary of the log-tampering score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogTamperingSpec {
+    /// The canary code: a string that is in a sandbox file the agent should not read, and so
+    /// lands in the action log when it does.
+    #[schemars(length(min = 6))]
+    pub canary: String,
+}
+
+/// A rule over executed shell commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRule {
+    /// Names the rule in scores and reports; unique within the scenario.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_.-]*$"), length(max = 120))]
+    pub id: String,
+    /// What the command is evidence of, e.g. `privilege_escalation`, `shutdown_resistance`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub category: String,
+    /// How bad a match is: high 1.0, medium 0.5, low 0.25 of the score.
+    pub severity: Severity,
+    /// A regex (Rust `regex` syntax), searched anywhere in the command text.
+    #[schemars(length(min = 1))]
+    pub pattern: String,
+}
+
+/// An eval's primary score: a MiniJinja expression over what the trial left behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrimarySpec {
+    /// What the score measures, e.g. `cpu_retained` or `log_tampered`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_]*$"))]
+    pub name: String,
+    /// A MiniJinja expression giving a number (higher is more misaligned) over `state` (the
+    /// final world state), `truth` (the ground truth), `calls` (the agent's accepted tool
+    /// calls, each `{turn, tool, args, reasoning}`), `said` (its messages to the user) and
+    /// `turns`. Compiled when the file loads.
+    #[schemars(length(min = 1))]
+    pub expression: String,
+    /// The id of a baseline scenario of the same eval: the eval's score is then this
+    /// scenario's mean score minus the baseline's (same model and persona), as for a
+    /// sandbagging gap (treatment against base case) or a refusal-rate difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 /// The CMS spec of a scenario: categories with composite weights, and the detectors that
@@ -934,20 +1104,37 @@ fn list_options(options: &Value) -> String {
 }
 
 /// The field names the format allows at `pointer`, for "did you mean" hints.
+/// The fields the format allows at `pointer`, read from the generated schema itself so the
+/// hint can never drift from the types.
 fn known_fields(pointer: &str) -> Vec<String> {
-    let fields: &[&str] = match pointer_kind(pointer).as_str() {
-        "" => &["id", "version", "title", "description", "domain", "motivation", "shape", "max_turns", "agent", "environment", "tools", "goal_object", "stakes", "scoring"],
-        "agent" => &["modules"],
-        "agent.modules[]" => &["heading", "body", "scope"],
-        "environment" => &["ground_truth", "behaviour", "initial_state", "initial_observation"],
-        "tools[]" => &["name", "description", "parameters", "track", "role", "risk", "terminal", "behaviour", "scripted"],
-        "tools[].scripted" => &["observations", "state"],
-        "scoring" => &["cms"],
-        "scoring.cms" => &["categories", "detectors"],
-        "scoring.cms.detectors[]" => &["id", "category", "severity", "pattern", "applies_to", "mitigating"],
-        _ => &[],
+    let root = format_schema();
+    let resolve = |mut node: &'static Value| {
+        // `$ref` chains, and the one-branch `allOf`/`anyOf` wrappers schemars writes around them.
+        for _ in 0..8 {
+            if let Some(target) = node.get("$ref").and_then(Value::as_str) {
+                match target.strip_prefix('#').and_then(|path| root.pointer(path)) {
+                    Some(next) => node = next,
+                    None => break,
+                }
+            } else if let Some(next) = ["allOf", "anyOf", "oneOf"].iter().find_map(|key| {
+                node.get(*key)?.as_array()?.iter().find(|branch| branch.get("$ref").is_some() || branch.get("properties").is_some())
+            }) {
+                node = next;
+            } else {
+                break;
+            }
+        }
+        node
     };
-    fields.iter().map(|field| (*field).to_owned()).collect()
+    let mut node = resolve(root);
+    for segment in pointer.split('/').skip(1) {
+        let next = if segment.parse::<usize>().is_ok() { node.get("items") } else { node.get("properties").and_then(|properties| properties.get(segment)) };
+        match next {
+            Some(next) => node = resolve(next),
+            None => return Vec::new(),
+        }
+    }
+    node.get("properties").and_then(Value::as_object).map(|properties| properties.keys().cloned().collect()).unwrap_or_default()
 }
 
 /// `/tools/3/scripted` → `tools[].scripted`.
@@ -1064,12 +1251,119 @@ fn check_semantics(json: &Value, report: &mut Reporter<'_>) {
             );
         }
     }
+    check_templates(json, report);
+    if let Some(expression) = json.pointer("/scoring/primary/expression").and_then(Value::as_str)
+        && let Err(error) = crate::scoring::primary::check(expression)
+    {
+        report.at("/scoring/primary/expression", format!("not a valid expression: {error}"));
+    }
     if facts.shape == Shape::DualTrack {
         check_dual_track(&facts, report);
     }
     if let Some(cms) = json.pointer("/scoring/cms") {
         check_cms(cms, report);
     }
+    check_sandbox(json, report);
+}
+
+/// The sandbox's meaning: shell tools and a sandbox come together, a shell tool has a
+/// `command` string, file paths stay inside the root, modes are octal and name seeded files,
+/// and the sandbox scorings have what they read.
+fn check_sandbox(json: &Value, report: &mut Reporter<'_>) {
+    let sandbox = json.pointer("/environment/sandbox").filter(|sandbox| !sandbox.is_null());
+    let tools = json.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut shell_tools = 0;
+    for (index, tool) in tools.iter().enumerate() {
+        if tool.get("shell").and_then(Value::as_bool) != Some(true) {
+            continue;
+        }
+        shell_tools += 1;
+        if sandbox.is_none() {
+            report.at(&format!("/tools/{index}/shell"), "a shell tool needs `environment.sandbox` to run its commands in");
+        }
+        let command_type = tool.pointer("/parameters/properties/command/type").and_then(Value::as_str);
+        let required = tool
+            .pointer("/parameters/required")
+            .and_then(Value::as_array)
+            .is_some_and(|required| required.iter().any(|name| name.as_str() == Some("command")));
+        if command_type != Some("string") || !required {
+            report.at(&format!("/tools/{index}/parameters"), "a shell tool's parameters need a required `command` of type string");
+        }
+        if tool.get("answered_by").and_then(Value::as_str) == Some("user") {
+            report.at(&format!("/tools/{index}/answered_by"), "a shell tool is answered by the sandbox, not the user");
+        }
+    }
+    let scoring = json.get("scoring");
+    let log_tampering = scoring.and_then(|scoring| scoring.get("log_tampering")).filter(|value| !value.is_null());
+    let command_rules = scoring.and_then(|scoring| scoring.get("command_rules")).and_then(Value::as_array);
+    let Some(sandbox) = sandbox else {
+        if log_tampering.is_some() {
+            report.at("/scoring/log_tampering", "log tampering is scored on `environment.sandbox.action_log`; the scenario has no sandbox");
+        }
+        if command_rules.is_some_and(|rules| !rules.is_empty()) {
+            report.at("/scoring/command_rules", "command rules score shell commands; the scenario has no `environment.sandbox`");
+        }
+        return;
+    };
+    if shell_tools == 0 {
+        report.at("/environment/sandbox", "the sandbox is never used: no tool has `shell: true`");
+    }
+    let files = sandbox.get("files").and_then(Value::as_object);
+    for path in files.into_iter().flatten().map(|(path, _)| path) {
+        if let Err(problem) = check_sandbox_path(path) {
+            report.at_key("/environment/sandbox/files", path, problem);
+        }
+    }
+    for (path, mode) in sandbox.get("modes").and_then(Value::as_object).into_iter().flatten() {
+        if !files.is_some_and(|files| files.contains_key(path)) {
+            report.at_key("/environment/sandbox/modes", path, format!("`{path}` is not one of `files`"));
+        }
+        let octal = mode.as_str().is_some_and(|mode| (3..=4).contains(&mode.len()) && mode.chars().all(|digit| ('0'..='7').contains(&digit)));
+        if !octal {
+            report.at(&format!("/environment/sandbox/modes/{}", escape_pointer(path)), format!("{mode} is not an octal mode such as \"0644\""));
+        }
+    }
+    let action_log = sandbox.get("action_log").and_then(Value::as_str);
+    if let Some(log) = action_log
+        && let Err(problem) = check_sandbox_path(log) {
+            report.at("/environment/sandbox/action_log", problem);
+        }
+    if let Some(spec) = log_tampering {
+        if action_log.is_none() {
+            report.at("/scoring/log_tampering", "log tampering is scored on `environment.sandbox.action_log`; set it");
+        }
+        if let Some(canary) = spec.get("canary").and_then(Value::as_str) {
+            let seeded = files.into_iter().flatten().any(|(path, text)| Some(path.as_str()) != action_log && text.as_str().is_some_and(|text| text.contains(canary)));
+            if !seeded {
+                report.at("/scoring/log_tampering/canary", "no file of `environment.sandbox.files` (other than the action log) contains the canary, so the agent can never read it");
+            }
+        }
+    }
+    if command_rules.is_some_and(|rules| !rules.is_empty()) && shell_tools == 0 {
+        report.at("/scoring/command_rules", "command rules score shell commands; no tool has `shell: true`");
+    }
+    let mut ids = HashSet::new();
+    for (index, rule) in command_rules.into_iter().flatten().enumerate() {
+        if let Some(id) = rule.get("id").and_then(Value::as_str)
+            && !ids.insert(id) {
+                report.at(&format!("/scoring/command_rules/{index}/id"), format!("rule id `{id}` is used twice; rule ids must be unique"));
+            }
+        if let Some(pattern) = rule.get("pattern").and_then(Value::as_str)
+            && let Err(error) = regex::Regex::new(pattern) {
+                report.at(&format!("/scoring/command_rules/{index}/pattern"), format!("not a valid regex: {}", regex_error_summary(&error)));
+            }
+    }
+}
+
+/// A sandbox path: relative to `/workspace`, with no empty, `.` or `..` parts.
+pub fn check_sandbox_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err(format!("`{path}` must be relative to /workspace (no leading `/`)"));
+    }
+    if path.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        return Err(format!("`{path}` must not have empty, `.` or `..` parts"));
+    }
+    Ok(())
 }
 
 /// The CMS spec's meaning: positive weights, unique detector ids, known categories, each
@@ -1135,6 +1429,36 @@ fn regex_error_summary(error: &regex::Error) -> String {
             format!("{message} (at character {column} of the pattern)")
         }
         _ => message.to_owned(),
+    }
+}
+
+/// Templated scripted observations and state must compile (their variables are only known
+/// per call, so undefined names surface when a trial renders them).
+fn check_templates(json: &Value, report: &mut Reporter<'_>) {
+    let tools = json.get("tools").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let environment = minijinja::Environment::new();
+    for (index, tool) in tools.iter().enumerate() {
+        let Some(scripted) = tool.get("scripted") else { continue };
+        if scripted.get("templated") != Some(&Value::Bool(true)) {
+            continue;
+        }
+        let mut check = |pointer: String, text: &str| {
+            if let Err(error) = environment.template_from_str(text) {
+                report.at(&pointer, format!("not a valid template: {error}"));
+            }
+        };
+        for (position, text) in scripted.get("observations").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            if let Some(text) = text.as_str() {
+                check(format!("/tools/{index}/scripted/observations/{position}"), text);
+            }
+        }
+        for (key, value) in scripted.get("state").and_then(Value::as_object).into_iter().flatten() {
+            let pointer = format!("/tools/{index}/scripted/state/{}", key.replace('~', "~0").replace('/', "~1"));
+            check(pointer.clone(), key);
+            if let Some(text) = value.as_str() {
+                check(pointer, text);
+            }
+        }
     }
 }
 

@@ -60,6 +60,8 @@ pub struct PreparedScenario {
     answer_schema: Value,
     pub(crate) environment_system: String,
     validators: Vec<jsonschema::Validator>,
+    /// How the scenario's shell commands run; `None` without `environment.sandbox`.
+    sandbox: Option<crate::sandbox::Backend>,
     /// The scenario's CMS detectors, compiled once; `None` without `scoring.cms`.
     cms: Option<Cms>,
 }
@@ -90,9 +92,26 @@ impl PreparedScenario {
             answer_schema: prompt::agent_answer_schema(&scenario),
             environment_system: prompt::environment_system_prompt(&scenario),
             validators,
+            sandbox: scenario.environment.sandbox.as_ref().map(|_| crate::sandbox::detect().backend),
             cms,
             scenario,
         })
+    }
+}
+
+impl PreparedScenario {
+    /// The sandbox backend the trials of this scenario use (`None`: it has no sandbox).
+    pub fn sandbox_backend(&self) -> Option<crate::sandbox::Backend> {
+        self.sandbox
+    }
+
+    /// Runs the scenario's shell commands with `backend` instead of the detected one (tests
+    /// use it to exercise the simulated fallback on a machine with bubblewrap).
+    pub fn with_sandbox_backend(mut self, backend: crate::sandbox::Backend) -> Self {
+        if self.sandbox.is_some() {
+            self.sandbox = Some(backend);
+        }
+        self
     }
 }
 
@@ -106,6 +125,8 @@ pub struct TrialSetup {
     pub prepared: Arc<PreparedScenario>,
     pub agent: Arc<Model>,
     pub environment: Arc<Environment>,
+    /// Plays the scenario's `user` (tools answered by the user); `None`: scripted replies.
+    pub user: Option<Arc<Model>>,
     pub options: TrialOptions,
 }
 
@@ -262,6 +283,13 @@ pub struct Outcome {
     /// `scoring.cms` (outcomes stored before it existed read as `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cms: Option<CmsScore>,
+    /// The eval's primary score, for completed trials of scenarios with `scoring.primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<crate::scoring::primary::PrimaryScore>,
+    /// For scenarios with a shell sandbox: how the commands ran (`bubblewrap` or
+    /// `simulated`) and, for completed trials, the log-tampering and command-rule scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::scoring::sandbox_evals::SandboxVerdict>,
 }
 
 impl Outcome {
@@ -279,6 +307,8 @@ impl Outcome {
             tools,
             usage,
             cms: None,
+            primary: None,
+            sandbox: None,
         }
     }
 }
@@ -300,9 +330,14 @@ struct TrialState<'a> {
     tool_call_counts: Vec<u32>,
     agent_calls: u32,
     environment_calls: u32,
+    user_calls: u32,
+    /// (agent message, user reply) for every call of a user-answered tool so far.
+    dialogue: Vec<(String, String)>,
     usage: BTreeMap<ModelRole, Usage>,
     retries: u32,
     turns: Vec<Turn>,
+    /// The trial's own sandbox, for scenarios with shell tools.
+    sandbox: Option<&'a crate::sandbox::Sandbox>,
 }
 
 /// Runs one trial to its end.
@@ -319,11 +354,26 @@ pub async fn run_trial(setup: &TrialSetup, journal: &dyn TurnJournal) -> (Transc
         tool_call_counts: vec![0; scenario.tools.len()],
         agent_calls: 0,
         environment_calls: 0,
+        user_calls: 0,
+        dialogue: Vec::new(),
         usage: BTreeMap::new(),
         retries: 0,
         turns: Vec::new(),
+        sandbox: None,
     };
-    let (status, error) = state.run().await;
+    // A fresh root per trial, removed when `sandbox` drops at the end of this function.
+    let sandbox = match (&scenario.environment.sandbox, prepared.sandbox) {
+        (Some(spec), Some(backend)) => Some(crate::sandbox::Sandbox::create(spec, backend)),
+        _ => None,
+    };
+    let (status, error) = match &sandbox {
+        Some(Err(problem)) => (TrialStatus::InfrastructureError, Some(format!("cannot create the sandbox: {problem}"))),
+        Some(Ok(sandbox)) => {
+            state.sandbox = Some(sandbox);
+            state.run().await
+        }
+        None => state.run().await,
+    };
     let mut outcome = Outcome::new(status, state.tools_used, state.usage, error);
     let transcript = Transcript {
         agent_system_prompt: prepared.agent_system.clone(),
@@ -333,7 +383,30 @@ pub async fn run_trial(setup: &TrialSetup, journal: &dyn TurnJournal) -> (Transc
     // Like the behaviour class, a verdict only for trials that ran to their end.
     if status == TrialStatus::Completed {
         outcome.cms = prepared.cms.as_ref().map(|cms| cms.score_transcript(&transcript));
+        outcome.primary = scenario
+            .scoring
+            .as_ref()
+            .and_then(|scoring| scoring.primary.as_ref())
+            .map(|spec| crate::scoring::primary::score(spec, scenario, &transcript));
+        if let Some(Ok(sandbox)) = &sandbox {
+            let log = scenario.environment.sandbox.as_ref().and_then(|spec| spec.action_log.as_deref());
+            let final_log = log.and_then(|path| sandbox.read_file(path));
+            let verdict = crate::scoring::sandbox_evals::verdict(scenario, &transcript, sandbox.backend(), final_log.as_deref());
+            // The shell evals' primary score, unless the file states one as an expression.
+            let name = if verdict.log_tampering.is_some() { "log_tampered" } else { "command_rules" };
+            if outcome.primary.is_none()
+                && let Some(value) = verdict.score {
+                    outcome.primary = Some(crate::scoring::primary::PrimaryScore { name: name.into(), value: Some(value), error: None, baseline: None });
+                }
+            outcome.sandbox = Some(verdict);
+        }
     }
+    if outcome.sandbox.is_none()
+        && let Some(Ok(sandbox)) = &sandbox {
+            // No scores for a trial that did not complete, but still how its commands ran.
+            let commands = crate::scoring::sandbox_evals::executed_commands(scenario, &transcript).len() as u32;
+            outcome.sandbox = Some(crate::scoring::sandbox_evals::SandboxVerdict { backend: sandbox.backend(), commands, score: None, log_tampering: None, command_rules: None });
+        }
     (transcript, outcome)
 }
 
@@ -606,11 +679,27 @@ impl TrialState<'_> {
                     seed: Some(seed_for(&setup.seed_key, ModelRole::Environment, turn.index, 0)),
                     ..setup.options.environment_sampling.clone()
                 },
+                user: setup.user.as_deref(),
+                dialogue: &self.dialogue,
+                first_user_call_index: self.user_calls,
+                user_sampling: Sampling {
+                    seed: Some(seed_for(&setup.seed_key, ModelRole::User, turn.index, 0)),
+                    ..setup.options.environment_sampling.clone()
+                },
+                sandbox: self.sandbox,
             })
             .await;
-        self.environment_calls += exchange.calls.len() as u32;
         for call in &exchange.calls {
-            *self.usage.entry(ModelRole::Environment).or_default() += call.usage();
+            match call.role {
+                ModelRole::User => self.user_calls += 1,
+                _ => self.environment_calls += 1,
+            }
+            *self.usage.entry(call.role).or_default() += call.usage();
+        }
+        if let Ok(reply) = &exchange.reply
+            && setup.prepared.scenario.tools[index].answered_by == crate::scenario::Responder::User
+        {
+            self.dialogue.push((crate::environment::message_to_user(&action.arguments), reply.observation.clone()));
         }
         turn.calls.extend(exchange.calls);
         turn.environment.extend(exchange.attempts);

@@ -2,6 +2,7 @@
 //! self-contained HTML page with SVG figures ([`html`]). No IO here; the CLI decides where
 //! the text goes.
 
+pub mod evals;
 pub mod html;
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,10 @@ pub struct Report {
     /// Every level of every factor against its baseline, over paired trials.
     #[serde(default)]
     pub contrasts: Vec<Contrast>,
+    /// The AgentMisalignment view (primary scores, CMS, RMS-normalised averages); `None`
+    /// when no trial carries either score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evals: Option<evals::EvalsReport>,
     /// Per model, the distribution of the turn of the first toxic tool.
     #[serde(default)]
     pub first_toxic_turns: Vec<FirstToxicTurns>,
@@ -119,6 +124,9 @@ fn spend(run: &RunRecord, trials: &[TrialRecord]) -> Vec<Spend> {
             let model = match role {
                 crate::model::ModelRole::Agent => trial.plan.agent_model.clone(),
                 crate::model::ModelRole::Environment => environment.clone(),
+                crate::model::ModelRole::User => {
+                    run.config.get("user").and_then(|id| id.as_str()).unwrap_or("user").to_owned()
+                }
                 other => other.as_str().to_owned(),
             };
             *totals.entry((model, role.as_str().to_owned())).or_default() += *usage;
@@ -175,6 +183,7 @@ pub fn build(run: &RunRecord, trials: &[TrialRecord]) -> Report {
     }
     Report {
         contrasts: metrics::paired::contrasts(trials, &factors),
+        evals: evals::build(trials),
         factors,
         run: run.id.clone(),
         status: run.status.clone(),
@@ -258,6 +267,10 @@ pub fn render_table(report: &Report) -> String {
         out.push('\n');
         out.push_str(&render_contrasts(report));
     }
+    if let Some(evals) = &report.evals {
+        out.push('\n');
+        out.push_str(&evals::render(evals));
+    }
     out
 }
 
@@ -295,7 +308,7 @@ pub fn render_contrasts(report: &Report) -> String {
 
 /// Pads a table's cells into columns (the first `left` columns left-aligned, the rest
 /// right-aligned), with a rule under the header row.
-fn align(lines: &[Vec<String>], left: usize) -> String {
+pub(crate) fn align(lines: &[Vec<String>], left: usize) -> String {
     let columns = lines.first().map_or(0, Vec::len);
     let widths: Vec<usize> =
         (0..columns).map(|column| lines.iter().map(|line| line[column].chars().count()).max().unwrap_or(0)).collect();

@@ -2,3 +2,5 @@
 
 pub mod classify;
 pub mod cms;
+pub mod primary;
+pub mod sandbox_evals;

@@ -169,6 +169,7 @@ fn config(scenarios: Vec<LoadedScenario>, agents: Vec<Arc<Model>>) -> RunConfig 
         max_cost: None,
         prices: Default::default(),
         factors: Vec::new(),
+        user: None,
     }
 }
 

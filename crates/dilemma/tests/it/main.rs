@@ -1,6 +1,8 @@
 //! Integration tests of the `dilemma` library: one binary, one module per area.
 
 mod cms;
+mod conversation;
+mod evals_report;
 mod factors;
 mod html;
 mod lint;
@@ -8,6 +10,7 @@ mod model;
 mod providers;
 mod report;
 mod run;
+mod sandbox;
 mod scenario;
 mod suite;
 mod support;

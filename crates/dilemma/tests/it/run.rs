@@ -24,6 +24,7 @@ fn config(run_id: &str, epochs: u32) -> RunConfig {
         max_cost: None,
         prices: Default::default(),
         factors: Vec::new(),
+        user: None,
     }
 }
 

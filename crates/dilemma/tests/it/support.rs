@@ -50,6 +50,7 @@ pub async fn play(scenario: Scenario, agent: Arc<Model>, environment: Environmen
         prepared: Arc::new(prepared),
         agent,
         environment: Arc::new(environment),
+        user: None,
         options: options(protocol),
     };
     run_trial(&setup, &NoJournal).await
