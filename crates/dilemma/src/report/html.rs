@@ -1044,6 +1044,68 @@ fn factor_table(report: &Report) -> String {
     out
 }
 
+/// The AgentMisalignment section: eval × model × persona cells, then the RMS-normalised
+/// averages per model and per persona with their intervals, and the evals left out.
+fn evals_section(report: &Report) -> String {
+    let Some(evals) = &report.evals else { return String::new() };
+    let number = |value: Option<f64>| value.map_or_else(|| "–".to_owned(), |value| format!("{value:.3}"));
+    let normalised: std::collections::BTreeMap<(&str, &str, &str), f64> = evals
+        .aggregate
+        .cells
+        .iter()
+        .map(|cell| ((cell.eval.as_str(), cell.model.as_str(), cell.persona.as_str()), cell.normalised))
+        .collect();
+    let mut out = String::from(
+        "<section id=\"agent-misalignment\">\n<h2>AgentMisalignment evals</h2>\n<p class=\"note-text\">Per eval × model × persona: the eval's primary score (minus its baseline scenario's where it names one) and the CMS composite, each with the trials behind it; errors are trials that gave no score. The score is the primary score, or the CMS for evals without one; normalised = score ÷ RMS over the eval's model × persona cells.</p>\n<div class=\"scroll\"><table class=\"data\">\n<thead><tr><th>eval</th><th>model</th><th>persona</th><th>trials</th><th>errors</th><th>primary (n)</th><th>CMS (n)</th><th>score</th><th>normalised</th></tr></thead>\n<tbody>\n",
+    );
+    for cell in &evals.cells {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} ({})</td><td class=\"num\">{} ({})</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+            escape(&cell.eval),
+            escape(&cell.model),
+            escape(&cell.persona),
+            cell.trials,
+            cell.errors,
+            number(cell.primary),
+            cell.primary_n,
+            number(cell.cms),
+            cell.cms_n,
+            number(cell.score),
+            number(normalised.get(&(cell.eval.as_str(), cell.model.as_str(), cell.persona.as_str())).copied()),
+        ));
+    }
+    out.push_str("</tbody></table></div>\n");
+    for (title, averages) in [("model", &evals.aggregate.models), ("persona", &evals.aggregate.personas)] {
+        out.push_str(&format!(
+            "<h3>Mean normalised score per {title}</h3>\n<div class=\"scroll\"><table class=\"data\">\n<thead><tr><th>{title}</th><th>mean</th><th>95% CI (t over evals)</th><th>evals</th><th>cells</th></tr></thead>\n<tbody>\n"
+        ));
+        for average in averages {
+            let interval = match (average.low, average.high) {
+                (Some(low), Some(high)) => format!("[{low:.3}, {high:.3}]"),
+                _ => "–".to_owned(),
+            };
+            out.push_str(&format!(
+                "<tr><td>{}</td><td class=\"num\">{:.3}</td><td class=\"num\">{interval}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+                escape(&average.label),
+                average.mean,
+                average.evals,
+                average.cells
+            ));
+        }
+        out.push_str("</tbody></table></div>\n");
+    }
+    for excluded in &evals.aggregate.excluded {
+        out.push_str(&format!(
+            "<p class=\"note-text\">Left out of the averages: <strong>{}</strong> ({} cells): {}</p>\n",
+            escape(&excluded.eval),
+            excluded.cells,
+            escape(&excluded.reason)
+        ));
+    }
+    out.push_str("</section>\n");
+    out
+}
+
 fn spend_table(report: &Report) -> String {
     if report.spend.is_empty() {
         return String::new();
@@ -1235,7 +1297,9 @@ pub fn render_html(report: &Report) -> String {
     out.push_str(&results_table(report));
     out.push_str(&factor_table(report));
     out.push_str(&spend_table(report));
-    out.push_str("</section>\n</main>\n");
+    out.push_str("</section>\n");
+    out.push_str(&evals_section(report));
+    out.push_str("</main>\n");
     out.push_str(&format!(
         "<footer>Written by dilemma {} from run <code>{}</code>. Self-contained: no scripts and nothing loaded from elsewhere.</footer>\n</body>\n</html>\n",
         escape(&report.software_version),
