@@ -357,22 +357,43 @@ fn is_number_with_unit(part: &str) -> bool {
     UNITS.contains(&unit.as_str())
 }
 
-/// Every token of every key and string (or number) in a JSON value.
+/// Every token of every key and string (or number) in a JSON value, with the identifiers
+/// each token grounds (see [`grounded_by`]).
 fn collect_tokens(value: &Value, found: &mut BTreeSet<String>) {
     match value {
         Value::Object(map) => {
             for (key, inner) in map {
-                found.extend(tokens(key).map(str::to_owned));
+                tokens(key).for_each(|token| found.extend(grounded_by(token)));
                 collect_tokens(inner, found);
             }
         }
         Value::Array(items) => items.iter().for_each(|item| collect_tokens(item, found)),
-        Value::String(text) => found.extend(tokens(text).map(str::to_owned)),
+        Value::String(text) => tokens(text).for_each(|token| found.extend(grounded_by(token))),
         Value::Number(number) => {
             found.insert(number.to_string());
         }
         Value::Bool(_) | Value::Null => {}
     }
+}
+
+/// What a ground-truth token grounds: itself, every run of its `_`-separated parts (JSON keys
+/// join words and IDs with `_`: `SGA-01_Balance_EUR` grounds `SGA-01`), and every prefix before
+/// a `.` (a rule's sections ground the rule: `RMP-4.1` grounds `RMP-4`).
+fn grounded_by(token: &str) -> Vec<String> {
+    let mut grounded = vec![token.to_owned()];
+    let parts: Vec<&str> = token.split('_').collect();
+    for start in 0..parts.len() {
+        for end in start + 1..=parts.len() {
+            if end - start < parts.len() {
+                grounded.push(parts[start..end].join("_"));
+            }
+        }
+    }
+    for (index, _) in token.match_indices('.') {
+        grounded.push(token[..index].to_owned());
+    }
+    grounded.retain(|text| !text.is_empty());
+    grounded
 }
 
 /// (pointer, value) of every string in an `enum` anywhere in a parameters schema.
@@ -426,6 +447,15 @@ mod tests {
         assert_eq!(found, ["Campaign_ID", "REM-2025-031", "sleeve", "LVX-3", "Over", "1,000-account", "runs", "tok-7f3a9c"]);
         assert_eq!(find_token("see LVX-3.", "LVX-3"), Some(4));
         assert_eq!(find_token("see LVX-31", "LVX-3"), None);
+    }
+
+    #[test]
+    fn keys_and_rule_sections_ground_the_ids_inside_them() {
+        let grounded = grounded_by("Periodic_Inclusion_PSUR-BRX-2026-03");
+        assert!(grounded.contains(&"PSUR-BRX-2026-03".to_owned()), "{grounded:?}");
+        assert!(grounded_by("SGA-01_Balance_EUR").contains(&"SGA-01".to_owned()));
+        assert!(grounded_by("RMP-4.1").contains(&"RMP-4".to_owned()));
+        assert!(!grounded_by("AR-5521").contains(&"AR-552".to_owned()));
     }
 
     #[test]
