@@ -312,15 +312,14 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some(root) = &self.root {
-            if std::fs::remove_dir_all(root).is_err() {
+        if let Some(root) = &self.root
+            && std::fs::remove_dir_all(root).is_err() {
                 // The agent may have taken the permissions off its own folders.
                 restore_permissions(root);
                 if let Err(error) = std::fs::remove_dir_all(root) {
                     tracing::warn!(root = %root.display(), %error, "could not remove a sandbox root");
                 }
             }
-        }
     }
 }
 

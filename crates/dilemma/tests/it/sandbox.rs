@@ -138,6 +138,8 @@ async fn state_persists_across_a_trials_commands_and_not_between_trials() {
         assert_ne!(second.execute("cat notes/new.txt").await.exit_code, Some(0), "{backend:?}");
         if let Some(root) = first.host_workspace() {
             assert!(root.exists());
+            // Even a folder the agent locked itself out of goes with the root.
+            assert_eq!(first.execute("mkdir locked && touch locked/f && chmod 000 locked").await.exit_code, Some(0));
             drop(first);
             assert!(!root.parent().unwrap().exists(), "the trial's root outlived it");
         }
