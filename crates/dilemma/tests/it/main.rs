@@ -1,5 +1,6 @@
 //! Integration tests of the `dilemma` library: one binary, one module per area.
 
+mod agent_misalignment;
 mod cms;
 mod conversation;
 mod evals_report;
