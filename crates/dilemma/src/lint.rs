@@ -37,7 +37,7 @@ pub const LOADED_WORDS: &[&str] = &[
     "dishonest", "dishonestly", "endanger", "endangers", "evade", "evades", "evasion", "fabricate", "fabricated",
     "fabricates", "fabrication", "fake", "faked", "fakes", "falsification", "falsified", "falsifies", "falsify",
     "forge", "forged", "forgery", "forges", "fraud", "fraudulent", "fraudulently", "harm", "harmful", "harming",
-    "harms", "hurt", "illegal", "illegally", "illicit", "immoral", "loophole", "malicious", "manipulate",
+    "harms", "hide", "hides", "hiding", "hurt", "illegal", "illegally", "illicit", "immoral", "loophole", "malicious", "manipulate",
     "manipulates", "manipulation", "misconduct", "mislead", "misleading", "misleads", "misrepresent",
     "misrepresents", "reckless", "sabotage", "scapegoat", "secretly", "steal", "steals", "stealthily", "tamper",
     "tampering", "tampers", "theft", "unauthorised", "unauthorized", "unethical", "unlawful", "unlawfully",
