@@ -53,3 +53,18 @@ real-server-test: deps model
 
 clean:
 	$(CARGO) clean
+
+.PHONY: bench bench-smoke
+
+## Benchmarks (issue 6): W1 harness overhead vs Inspect (inspect-ai from PyPI in .cache/bench/venv),
+## W2 embedded inference vs llama-bench, W3 prefix reuse over 20 turns, W4 report over 100,000
+## stored trials. Writes BENCHMARKS.md (about 20 minutes; bench/run.sh, bench/bench.py).
+bench: deps model
+	$(BUILD)
+	bash bench/run.sh
+
+## The same workloads in seconds, small sizes, no thresholds and no Inspect (CI runs it through
+## scripts/ci-extra.sh). Writes .cache/bench/BENCHMARKS-smoke.md.
+bench-smoke: deps model
+	$(BUILD)
+	bash bench/run.sh --smoke

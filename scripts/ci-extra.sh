@@ -16,3 +16,10 @@ fi
 start=$(date +%s)
 bash scripts/crash-test.sh --kills 5
 echo "ci-extra: crash-test (5 kills) finished in $(( $(date +%s) - start )) s"
+
+# The benchmarks' smoke run (bench/run.sh --smoke): each workload at a small size, no
+# thresholds, without Inspect (its venv takes about 100 s of pip install); the full
+# benchmark is `make bench`.
+start=$(date +%s)
+bash bench/run.sh --smoke
+echo "ci-extra: bench smoke finished in $(( $(date +%s) - start )) s"

@@ -60,6 +60,8 @@ pub(crate) struct Engine {
     /// about 0.3 s) that every grammar compiles against.
     factory: ParserFactory,
     n_ctx: u32,
+    /// `LocalOptions::reuse_prefix`.
+    reuse_prefix: bool,
     /// Boxed so its address is obviously stable while the context refers to it.
     model: Box<LlamaModel>,
 }
@@ -181,6 +183,7 @@ impl Engine {
             template,
             factory,
             n_ctx,
+            reuse_prefix: options.reuse_prefix,
             model,
         })
     }
@@ -232,7 +235,12 @@ impl Engine {
         }
 
         let started = Instant::now();
-        let reused = session.keep_common_prefix(&tokens);
+        let reused = if self.reuse_prefix {
+            session.keep_common_prefix(&tokens)
+        } else {
+            session.reset();
+            0
+        };
         let mut logits_index = session.evaluate(&tokens[reused..], cancel)?;
         let prompt_eval = started.elapsed();
 

@@ -47,11 +47,15 @@ pub struct LocalOptions {
     /// Where to look for the default model's file, overriding `$DILEMMA_MODEL_DIR` and the
     /// built-in search (see [`locate`]). Ignored for `local:/path/to/model.gguf`.
     pub model_dir: Option<PathBuf>,
+    /// Keep the KV cache between calls and evaluate only the tokens after the shared prefix
+    /// (the default). `false` evaluates every prompt whole, which only benchmarks want (W3 in
+    /// bench/): `DILEMMA_LOCAL_PREFIX_CACHE=off` in the environment also turns it off.
+    pub reuse_prefix: bool,
 }
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        LocalOptions { n_ctx: 8192, threads: default_threads(), n_batch: 512, model_dir: None }
+        LocalOptions { n_ctx: 8192, threads: default_threads(), n_batch: 512, model_dir: None, reuse_prefix: true }
     }
 }
 
@@ -158,7 +162,10 @@ impl LocalModel {
     /// The default model's sha256 is verified before loading. Blocking: it reads and hashes
     /// the file and loads it (about a second for the default); from async code call it
     /// inside `spawn_blocking`.
-    pub fn open(spec: &str, options: LocalOptions) -> Result<LocalModel, LocalError> {
+    pub fn open(spec: &str, mut options: LocalOptions) -> Result<LocalModel, LocalError> {
+        if std::env::var("DILEMMA_LOCAL_PREFIX_CACHE").is_ok_and(|value| matches!(value.trim(), "off" | "0" | "false")) {
+            options.reuse_prefix = false;
+        }
         let located = locate::locate(spec, options.model_dir.as_deref())?;
         let engine = Engine::load(&located.path, &options)?;
         tracing::debug!(spec, path = %located.path.display(), n_ctx = engine.n_ctx(), "opened local model");

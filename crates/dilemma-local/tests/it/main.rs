@@ -164,6 +164,29 @@ async fn a_follow_up_turn_reuses_the_cached_prefix() {
     assert_eq!(again.content, first.content);
 }
 
+#[tokio::test]
+async fn without_prefix_reuse_every_prompt_is_evaluated_whole() {
+    let options = LocalOptions { n_ctx: 2048, model_dir: Some(model_dir()), reuse_prefix: false, ..LocalOptions::default() };
+    let model = LocalModel::open("smollm2", options).expect("the default model opens");
+    let mut request = ChatRequest {
+        messages: vec![Message::system("You are a terse assistant."), Message::user("Name one primary colour.")],
+        tools: Vec::new(),
+        output: OutputFormat::Text,
+        sampling: greedy(8),
+    };
+    let first = model.chat(&request, &context(0)).await.expect("first call");
+    request.messages.push(Message::assistant(first.content.clone()));
+    request.messages.push(Message::user("Name another one."));
+    model.chat(&request, &context(1)).await.expect("second call");
+    let second = model.last_call_stats().expect("stats");
+    assert_eq!(second.reused_tokens, 0, "{second:?}");
+    assert_eq!(second.evaluated_tokens, second.prompt_tokens);
+    // The answers are the same as with reuse: the cache is an optimisation, not a behaviour.
+    request.messages.truncate(2);
+    let again = model.chat(&request, &context(2)).await.expect("third call");
+    assert_eq!(again.content, first.content);
+}
+
 #[test]
 fn a_missing_model_file_says_how_to_get_it() {
     let empty = tempfile::tempdir().expect("tempdir");
