@@ -182,6 +182,7 @@ def w1_run(tool, trials, concurrency, tag):
         )
         stats = mock.stats()
         result["mock_cpu_s"] = mock.cpu_s()
+        result["cpu_floor_s"] = (result["cpu_s"] + result["mock_cpu_s"]) / (os.cpu_count() or 1)
     finally:
         mock.stop()
     if tool == "dilemma":
@@ -250,6 +251,7 @@ W1_METRICS = [
     ("stored_bytes_per_trial", "stored bytes per trial", "{:,.0f}"),
     ("requests", "model calls (mock count)", "{:,.0f}"),
     ("mock_cpu_s", "mock server CPU (s)", "{:.2f}"),
+    ("cpu_floor_s", "CPU floor: (tool + mock CPU) ÷ nproc (s)", "{:.2f}"),
 ]
 
 
@@ -420,22 +422,24 @@ def machine():
 # writing; see the reply of issue 6). Printed only under a MISS.
 CAUSES = {
     "w1_wall": (
-        "Every model call waits for a SQLite commit of the response cache before it returns "
-        "(`Model::call` awaits `StoreCache::put` via `off_the_runtime`, crates/dilemma/src/model/mod.rs; "
-        "crates/dilemma/src/store/cache.rs: one `Mutex<Connection>`, one autocommit INSERT per call, "
-        "its SQL parsed again each time), so all calls in flight queue on one connection that also "
-        "competes with the run's writer thread for SQLite's single write lock; `--no-cache` about "
-        "halves the busy span (measured while writing this benchmark). The writer thread "
-        "(crates/dilemma/src/run.rs, `spawn_writer`) commits every turn as its own transaction with the "
-        "full request JSON of each call (`Store::record_turn` re-prepares its INSERT per turn), WAL "
-        "auto-checkpoints fsync along the way, and a trial's start waits for the writer's acknowledgement."
+        "On two cores the wall is bound by CPU first: the table's \"CPU floor\" row, (dilemma's CPU + the mock's) ÷ "
+        "nproc, is already several times the ideal, so meeting 1.1× here needs dilemma's CPU per call far below "
+        "today's (see the CPU row above). Beyond that, work is serialised in two places: every turn goes "
+        "through the single store-writer thread (crates/dilemma/src/run.rs `spawn_writer`: one transaction per "
+        "turn, `Store::record_turn` re-preparing its INSERTs and writing the full request JSON of each call, "
+        "WAL auto-checkpoints with fsync), and a trial's start waits for that thread's acknowledgement; and every "
+        "call awaits a response-cache commit on one mutex-guarded connection (`Model::call` → `StoreCache::put` "
+        "via `off_the_runtime`, crates/dilemma/src/model/mod.rs and store/cache.rs). Measured while writing the "
+        "benchmark: `--no-cache` cut the busy span by about a quarter at 1,000/500 and by about 60% at 200/200."
     ),
     "w1_rss": (
-        "Each model call's full `ChatRequest` (system prompt, tools, whole history) is cloned into the "
-        "`ModelCall` journal entry (crates/dilemma/src/model/mod.rs) and serialised again for the store "
-        "(crates/dilemma/src/store/mod.rs `record_turn`); turns wait in the unbounded writer channel "
-        "(run.rs) while the single writer catches up, so 1,000 trials in flight hold 1,000 growing "
-        "histories plus the queued copies; one reqwest connection per call in flight adds its buffers."
+        "A trial keeps every finished turn, with each call's full `ChatRequest` (system prompt, tool schemas, "
+        "the whole history so far), in `TrialState::turns` after journaling it (crates/dilemma/src/trial.rs, "
+        "`self.turns.push(turn)` after `journal.record_turn`), although a run drops the transcript "
+        "(`run_one`: `let (_transcript, outcome) = run_trial(...)`); `WriterJournal::record_turn` (run.rs) deep-clones "
+        "the turn once more into the unbounded writer channel, where it waits while the single writer catches up. "
+        "At 1,000 trials in flight that is 1,000 quadratic histories held as `serde_json` values; `--no-cache` "
+        "does not change it."
     ),
     "w1_bytes": (
         "`model_calls.request` stores the whole conversation again on every call (quadratic in turns), "
@@ -499,7 +503,7 @@ def render(results, config):
         venv = results["venv"]
         add("")
         add(f"Inspect: `inspect-ai==0.3.285` (+ `openai`) in `.cache/bench/venv`; "
-            + (f"creating it took {venv['seconds']:.0f} s (pip install, downloads included)." if venv.get("seconds") else "the venv already existed."))
+            + (f"creating it took {venv['seconds']:.0f} s (venv + pip install, with pip's download cache as this machine had it)." if venv.get("seconds") else "the venv already existed."))
 
     targets = []
     if "w1" in results:
@@ -553,14 +557,17 @@ def w1_targets(w1_results):
     for entry in w1_results["configs"]:
         dilemma, inspect = w1_medians(entry, "dilemma"), w1_medians(entry, "inspect")
         label = f"W1 {entry['trials']:,} trials / {entry['concurrency']:,} concurrent"
-        if inspect["n"] and dilemma["n"] and dilemma["cpu_ms_per_call"] and inspect["cpu_ms_per_call"]:
+        # A one-trial run measures start-up; the per-call and per-trial targets are judged where
+        # calls dominate (SQLite's fixed pages alone are 100 KB for one trial).
+        per_call = entry["trials"] >= 100
+        if per_call and inspect["n"] and dilemma["n"] and dilemma["cpu_ms_per_call"] and inspect["cpu_ms_per_call"]:
             ratio = dilemma["cpu_ms_per_call"] / inspect["cpu_ms_per_call"]
             rows.append({
                 "workload": label, "target": "CPU per model call ≤ 1/50 of Inspect's",
                 "measured": f"{dilemma['cpu_ms_per_call']:.3f} ms vs {inspect['cpu_ms_per_call']:.2f} ms (1/{1 / ratio:.0f})",
                 "ratio": f"{ratio / 0.02:.2f}× the allowed share", "passed": ratio <= 0.02, "cause": "w1_cpu",
             })
-        if inspect["n"] and dilemma["n"]:
+        if per_call and inspect["n"] and dilemma["n"]:
             rows.append({
                 "workload": label, "target": "stored bytes per trial ≤ Inspect's log",
                 "measured": f"{dilemma['stored_bytes_per_trial']:,.0f} B vs {inspect['stored_bytes_per_trial']:,.0f} B",
@@ -597,7 +604,8 @@ def render_w1(w1_results, add):
         f"restarted for every run. dilemma's mock runs `--script {DILEMMA_SCRIPT}` (six non-terminal tools, then the terminal "
         f"one); Inspect's runs `--script {INSPECT_SCRIPT}` (six tool calls, then a text answer, which ends Inspect's "
         "`generate()` loop). Inspect runs `bench/inspect_task.py`: the same prompts, tools and schemas, read from the same file. "
-        "Ideal = ⌈trials ÷ concurrency⌉ × 7 × 50 ms. Start-up = the mock's first request minus the moment the "
+        "Ideal = ⌈trials ÷ concurrency⌉ × 7 × 50 ms; wall is the whole command (dilemma's includes printing its table and "
+        "writing report.json/csv, Inspect's writing its log). Start-up = the mock's first request minus the moment the "
         "command was launched. Stored bytes: dilemma's SQLite store (with -wal/-shm), Inspect's log directory. "
         "dilemma gets `--endpoint-concurrency` equal to the trial concurrency (the default, 64, would cap calls in flight); "
         "Inspect gets `--max-connections` and `--max-samples` equal to it.")
@@ -665,7 +673,7 @@ def render_w2_one(w2_results, add):
     add("")
     add(f"### {w2_results['threads']} thread{'s' if w2_results['threads'] > 1 else ''}")
     add("")
-    add(f"Model `models/SmolLM2-135M-Instruct.Q4_1.gguf`, {w2_results['threads']} threads for both, prompt {w2_results['prompt']} "
+    add(f"Model `models/SmolLM2-135M-Instruct.Q4_1.gguf`, {w2_results['threads']} thread{'s' if w2_results['threads'] > 1 else ''} for both, prompt {w2_results['prompt']} "
         f"tokens, {w2_results['gen']} generated tokens, {w2_results['reps']} repetitions per round, rounds alternated. "
         "llama-bench is `tools/llama-bench` (from the llama-cpp-python 0.3.36 sdist; the crate vendors llama.cpp without "
         "its tools) compiled against the crate's own vendored headers and linked with the very static libraries cargo built "
@@ -831,14 +839,14 @@ def main():
             "mode": "full",
             # name, trials, concurrency, dilemma runs, Inspect runs
             "w1": [
-                ("startup", 1, 1, 3, 3),
+                ("startup", 1, 1, 5, 3),
                 ("side-by-side", 200, 200, 3, 3),
                 ("target-wall", 1000, 500, 3, 1),
                 ("target-rss", 1000, 1000, 3, 0),
             ],
             # The provider's default (all cores, at most 8), then one thread: on a shared
             # machine two threads' barriers suffer most from other processes' load.
-            "w2": {"prompt": 512, "gen": 128, "reps": 3, "rounds": 2, "threads": sorted({threads, 1}, reverse=True)},
+            "w2": {"prompt": 512, "gen": 128, "reps": 3, "rounds": 3, "threads": sorted({threads, 1}, reverse=True)},
             "w3": {"turns": 20, "rounds": 1},
             "w4": {"trials": 100_000, "reports": 3},
         }

@@ -52,11 +52,11 @@ if [[ "$inspect" == yes && "$only" == *w1* ]]; then
     venv=.cache/bench/venv
     if [[ ! -x "$venv/bin/inspect" ]]; then
         echo "bench/run.sh: creating $venv with inspect-ai==0.3.285 (pip; about 100 s)" >&2
-        venv_started=$(date +%s.%N)
+        venv_started=$(date +%s)
         rm -rf "$venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q "inspect-ai==0.3.285" openai
-        venv_args=(--venv-seconds "$(echo "$(date +%s.%N) - $venv_started" | bc)")
+        venv_args=(--venv-seconds "$(( $(date +%s) - venv_started ))")
     fi
 fi
 
