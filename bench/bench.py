@@ -283,7 +283,7 @@ def w2_threads(config, threads):
     results["llama_command"] = shown(llama_command)
     results["local_command"] = shown(local_command)
     for round_index in range(config["w2"]["rounds"]):
-        log(f"W2 {threads} threads, round {round_index + 1}: llama-bench, then the local provider")
+        log(f"W2 {threads} thread(s), round {round_index + 1}: llama-bench, then the local provider")
         one = {}
         run = timed(llama_command, env=clean_env(), stdout_path=f"{work}/llama.json", stderr_path=f"{work}/llama.err", time_path=f"{work}/llama.time")
         tests = json.load(open(f"{work}/llama.json")) if run["rc"] == 0 else []
@@ -313,7 +313,7 @@ FIELD = re.compile(r"(\w+)=(\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def w3_run(reuse, max_turns, tag):
+def w3_run(reuse, max_turns, tag, threads=None):
     work = fresh_dir("w3", tag)
     suite = os.path.join(ROOT, W3_SUITE)
     with open(suite, encoding="utf-8") as source:
@@ -325,7 +325,7 @@ def w3_run(reuse, max_turns, tag):
     command = [
         DILEMMA, "run", suite, "--model", "agent=local:smollm2", "--protocol", "tools", "--epochs", "1", "--no-cache",
         "--store", os.path.join(work, "store.sqlite"), "--run", tag, "--out", os.path.join(work, "out"),
-    ]
+    ] + (["--local-threads", str(threads)] if threads else [])
     env = clean_env({"DILEMMA_LOG": "dilemma_local=debug", "DILEMMA_MODEL_DIR": os.path.join(ROOT, "models")})
     if not reuse:
         env["DILEMMA_LOCAL_PREFIX_CACHE"] = "off"
@@ -354,7 +354,7 @@ def w3(config):
     for round_index in range(config["w3"]["rounds"]):
         for reuse in (True, False):
             log(f"W3 round {round_index + 1}: {turns}-turn trial, prefix reuse {'on' if reuse else 'off'}")
-            results["runs"].append(w3_run(reuse, turns, f"{'on' if reuse else 'off'}-{round_index}"))
+            results["runs"].append(w3_run(reuse, turns, f"{'on' if reuse else 'off'}-{round_index}", config["w3"].get("threads")))
     return results
 
 
@@ -830,8 +830,10 @@ def main():
         config = {
             "mode": "smoke",
             "w1": [("startup", 1, 1, 1, 1), ("small", 20, 20, 1, 1)],
-            "w2": {"prompt": 32, "gen": 8, "reps": 1, "rounds": 1, "threads": [threads]},
-            "w3": {"turns": 2, "rounds": 1},
+            # One thread: two threads' barriers crawl when other processes hold the cores
+            # (0.4 tok/s seen on a loaded CI-sized machine), and the smoke must stay short.
+            "w2": {"prompt": 32, "gen": 8, "reps": 1, "rounds": 1, "threads": [1]},
+            "w3": {"turns": 2, "rounds": 1, "threads": 1},
             "w4": {"trials": 1000, "reports": 1},
         }
     else:
@@ -847,7 +849,7 @@ def main():
             # The provider's default (all cores, at most 8), then one thread: on a shared
             # machine two threads' barriers suffer most from other processes' load.
             "w2": {"prompt": 512, "gen": 128, "reps": 3, "rounds": 3, "threads": sorted({threads, 1}, reverse=True)},
-            "w3": {"turns": 20, "rounds": 1},
+            "w3": {"turns": 20, "rounds": 1, "threads": None},  # None: the provider's default
             "w4": {"trials": 100_000, "reports": 3},
         }
     config.update({"inspect": arguments.inspect == "yes", "threads": threads, "keep": arguments.keep, "invocation": arguments.invocation})
