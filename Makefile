@@ -19,7 +19,8 @@ run: deps model build
 test: deps model
 	$(CARGO) test --release --workspace --locked
 
-## Debian packages for the llama.cpp build (cmake, clang, libclang-dev), when missing.
+## Debian packages, when missing: the llama.cpp build (cmake, clang, libclang-dev), chromium
+## (the HTML report test) and bubblewrap (the shell sandbox).
 deps:
 	@bash scripts/install-deps.sh
 
