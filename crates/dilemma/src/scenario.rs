@@ -1137,22 +1137,6 @@ fn known_fields(pointer: &str) -> Vec<String> {
     node.get("properties").and_then(Value::as_object).map(|properties| properties.keys().cloned().collect()).unwrap_or_default()
 }
 
-/// `/tools/3/scripted` → `tools[].scripted`.
-fn pointer_kind(pointer: &str) -> String {
-    let mut kind = String::new();
-    for segment in pointer.split('/').skip(1) {
-        if segment.parse::<usize>().is_ok() {
-            kind.push_str("[]");
-        } else {
-            if !kind.is_empty() {
-                kind.push('.');
-            }
-            kind.push_str(segment);
-        }
-    }
-    kind
-}
-
 /// What the semantic checks need of a scenario, read leniently from the JSON so that they
 /// run (and report) even when the structural check found problems elsewhere in the file.
 struct Facts {

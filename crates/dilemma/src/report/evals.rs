@@ -51,6 +51,9 @@ pub struct EvalsReport {
     pub aggregate: Aggregate,
 }
 
+/// (eval, model, persona).
+type CellKey = (String, String, String);
+
 #[derive(Default)]
 struct Sums {
     trials: u64,
@@ -100,9 +103,10 @@ pub fn build(trials: &[TrialRecord]) -> Option<EvalsReport> {
         }
     }
     let used_as_baseline: BTreeSet<&String> = baselines.values().collect();
-    let mut cells: BTreeMap<(String, String, String), EvalCell> = BTreeMap::new();
+    let mut cells: BTreeMap<CellKey, EvalCell> = BTreeMap::new();
     // Scenario means per cell, then averaged over the eval's contributing scenarios.
-    let mut contributions: BTreeMap<(String, String, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    // Per cell: the contributing scenarios' primary means and CMS means.
+    let mut contributions: BTreeMap<CellKey, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for ((eval, scenario, model, persona), sums) in &per_scenario {
         let cell_key = (eval.clone(), model.clone(), persona.clone());
         let cell = cells.entry(cell_key.clone()).or_insert_with(|| EvalCell {

@@ -6,7 +6,9 @@ use dilemma::trial::Outcome;
 use serde_json::{Value, json};
 
 /// A trial of `eval`/`scenario` by `model` with `persona`; `score` is the primary value
-/// (`None`: the trial ended in an infrastructure error).
+/// (`None`: the trial ended in an infrastructure error). One line per trial reads best in the
+/// table of cases below, hence the long argument list.
+#[allow(clippy::too_many_arguments)]
 fn trial(eval: &str, scenario: &str, model: &str, persona: &str, epoch: u32, primary: Option<f64>, baseline: Option<&str>, cms: Option<f64>) -> TrialRecord {
     let mut outcome = json!({
         "status": if primary.is_some() || cms.is_some() { "completed" } else { "infrastructure_error" },
