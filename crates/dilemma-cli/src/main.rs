@@ -283,7 +283,7 @@ fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
     dilemma::factors::check_factors(&factors).map_err(|error| anyhow::anyhow!("--factor: {error}"))?;
     let roles = models::parse_roles(&args.models)?;
     if let Some(spec) = roles.others.first() {
-        bail!("--model {spec}: only the agent, environment and user roles take part in a run");
+        bail!("--model {spec}: only the agent, environment, user and judge roles take part in a run");
     }
     let prices = match &args.prices {
         Some(path) => {
@@ -310,8 +310,9 @@ fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
         None => Environment::Scripted,
     };
     let user = roles.user.as_deref().map(|spec| opener.open(spec, ModelRole::User)).transpose()?;
+    let judge = roles.judge.as_deref().map(|spec| opener.open(spec, ModelRole::Judge)).transpose()?;
     let uses_local = agents.iter().any(|agent| agent.id().starts_with("local:"))
-        || [&roles.environment, &roles.user].iter().any(|spec| spec.as_deref().is_some_and(|spec| spec.starts_with("local:")));
+        || [&roles.environment, &roles.user, &roles.judge].iter().any(|spec| spec.as_deref().is_some_and(|spec| spec.starts_with("local:")));
     let concurrency = args.concurrency.unwrap_or(if uses_local { 1 } else { 8 });
     let run_id = args.run_id.clone().unwrap_or_else(run::new_run_id);
     let options = TrialOptions {
@@ -338,6 +339,7 @@ fn prepare(args: &RunArgs, cache: bool) -> Result<(run::Plan, String)> {
         prices,
         factors,
         user,
+        judge,
     })?;
     Ok((plan, run_id))
 }

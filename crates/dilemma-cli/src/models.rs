@@ -32,6 +32,7 @@ pub struct Roles {
     pub agents: Vec<String>,
     pub environment: Option<String>,
     pub user: Option<String>,
+    pub judge: Option<String>,
     pub others: Vec<String>,
 }
 
@@ -54,6 +55,8 @@ pub fn parse_roles(arguments: &[String]) -> Result<Roles> {
             ModelRole::Environment => roles.environment = Some(spec),
             ModelRole::User if roles.user.is_some() => bail!("--model user=… is given twice"),
             ModelRole::User => roles.user = Some(spec),
+            ModelRole::Judge if roles.judge.is_some() => bail!("--model judge=… is given twice"),
+            ModelRole::Judge => roles.judge = Some(spec),
             _ => roles.others.push(argument.clone()),
         }
     }

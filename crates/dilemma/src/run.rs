@@ -54,6 +54,8 @@ pub struct RunConfig {
     /// The model that plays the scenarios' `user` (tools answered by the user); `None`: their
     /// scripted observations answer.
     pub user: Option<Arc<Model>>,
+    /// The judge model for scenarios with `scoring.judge`; `None`: rule-based scores only.
+    pub judge: Option<Arc<Model>>,
 }
 
 /// A configuration error found before anything runs.
@@ -83,6 +85,7 @@ pub struct Plan {
     agents: Vec<Arc<Model>>,
     environment: Arc<Environment>,
     user: Option<Arc<Model>>,
+    judge: Option<Arc<Model>>,
     options: TrialOptions,
     concurrency: usize,
     max_infrastructure_errors: Option<u64>,
@@ -268,6 +271,7 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
         "agents": config.agents.iter().map(|agent| agent.id()).collect::<Vec<_>>(),
         "environment": config.environment.id(),
         "user": config.user.as_ref().map(|user| user.id().to_owned()),
+        "judge": config.judge.as_ref().map(|judge| judge.id().to_owned()),
         "epochs": config.epochs,
         "options": config.options,
         "prompts_hash": prompt::templates_hash(),
@@ -306,6 +310,7 @@ pub fn plan(config: RunConfig) -> Result<Plan, RunError> {
         agents: config.agents,
         environment: config.environment,
         user: config.user,
+        judge: config.judge,
         options: config.options,
         concurrency: config.concurrency.max(1),
         max_infrastructure_errors: config.max_infrastructure_errors,
@@ -455,6 +460,7 @@ pub async fn execute(
             agent: plan.agents[trial.agent].clone(),
             environment: plan.environment.clone(),
             user: plan.user.clone(),
+            judge: plan.judge.clone(),
             options: plan.options.clone(),
         };
         let writer = writer.clone();

@@ -493,6 +493,11 @@ pub struct ScoringSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "PrimarySpec")]
     pub primary: Option<PrimarySpec>,
+    /// A judge model's grading of a completed trial, for evals the reference grades with an
+    /// LLM. Without a judge model (`--model judge=SPEC`) the rule-based `primary` scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "JudgeSpec")]
+    pub judge: Option<JudgeSpec>,
     /// Log tampering (the canary-code eval): whether the canary the agent read is missing from
     /// the sandbox's final `action_log` (`scoring::sandbox_evals`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -529,6 +534,19 @@ pub struct CommandRule {
     /// A regex (Rust `regex` syntax), searched anywhere in the command text.
     #[schemars(length(min = 1))]
     pub pattern: String,
+}
+
+/// What a judge model grades (`scoring::judge`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSpec {
+    /// What the verdict measures, e.g. `refusal_or_sandbag`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_]*$"))]
+    pub name: String,
+    /// The rubric the judge applies: what the aligned and the misaligned case look like in
+    /// this scenario, and what scores 0 and 1.
+    #[schemars(length(min = 1))]
+    pub rubric: String,
 }
 
 /// An eval's primary score: a MiniJinja expression over what the trial left behind.

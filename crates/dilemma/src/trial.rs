@@ -127,6 +127,9 @@ pub struct TrialSetup {
     pub environment: Arc<Environment>,
     /// Plays the scenario's `user` (tools answered by the user); `None`: scripted replies.
     pub user: Option<Arc<Model>>,
+    /// Grades completed trials of scenarios with `scoring.judge`; `None`: the rule-based
+    /// primary score stands alone.
+    pub judge: Option<Arc<Model>>,
     pub options: TrialOptions,
 }
 
@@ -286,6 +289,10 @@ pub struct Outcome {
     /// The eval's primary score, for completed trials of scenarios with `scoring.primary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<crate::scoring::primary::PrimaryScore>,
+    /// The judge model's verdict, for completed trials of scenarios with `scoring.judge` when
+    /// the run has a judge model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::scoring::judge::JudgeVerdict>,
     /// For scenarios with a shell sandbox: how the commands ran (`bubblewrap` or
     /// `simulated`) and, for completed trials, the log-tampering and command-rule scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +315,7 @@ impl Outcome {
             usage,
             cms: None,
             primary: None,
+            judge: None,
             sandbox: None,
         }
     }
@@ -388,6 +396,14 @@ pub async fn run_trial(setup: &TrialSetup, journal: &dyn TurnJournal) -> (Transc
             .as_ref()
             .and_then(|scoring| scoring.primary.as_ref())
             .map(|spec| crate::scoring::primary::score(spec, scenario, &transcript));
+        if let (Some(judge), Some(spec)) = (&setup.judge, scenario.scoring.as_ref().and_then(|scoring| scoring.judge.as_ref())) {
+            let seed = seed_for(&setup.seed_key, ModelRole::Judge, 0, 0);
+            let verdict = crate::scoring::judge::judge(judge, spec, &transcript, &setup.key, seed).await;
+            for call in &verdict.calls {
+                *outcome.usage.entry(ModelRole::Judge).or_default() += call.usage();
+            }
+            outcome.judge = Some(verdict);
+        }
         if let Some(Ok(sandbox)) = &sandbox {
             let log = scenario.environment.sandbox.as_ref().and_then(|spec| spec.action_log.as_deref());
             let final_log = log.and_then(|path| sandbox.read_file(path));

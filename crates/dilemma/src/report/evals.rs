@@ -11,7 +11,9 @@
 //!   baseline scenario's mean (same model and persona): the sandbagging gap, the refusal-rate
 //!   difference. Baseline scenarios contribute only through the scenarios that name them.
 //! - The eval's score in a cell is the mean over its contributing scenarios of the primary
-//!   score, or, for an eval without primary scores, of the CMS composite.
+//!   score, or, for an eval without primary scores, of the CMS composite. A judge model's
+//!   score (`scoring.judge`) replaces a trial's rule-based primary score where it answered;
+//!   `judged` counts those trials.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,8 +31,12 @@ pub struct EvalCell {
     pub persona: String,
     /// Trials of the cell.
     pub trials: u64,
-    /// Trials with a primary score value, and its mean (after baselines).
+    /// Trials with a primary score value, and its mean (after baselines). A judge model's
+    /// score stands in for the rule-based one where the run had a judge and it answered.
     pub primary_n: u64,
+    /// Of those, the trials a judge model graded.
+    #[serde(default)]
+    pub judged: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<f64>,
     /// Trials with a CMS, and the mean composite.
@@ -57,6 +63,7 @@ type CellKey = (String, String, String);
 #[derive(Default)]
 struct Sums {
     trials: u64,
+    judged: u64,
     primary: (f64, u64),
     cms: (f64, u64),
     errors: u64,
@@ -90,7 +97,13 @@ pub fn build(trials: &[TrialRecord]) -> Option<EvalsReport> {
                 baselines.insert(trial.plan.scenario_id.clone(), baseline.clone());
             }
         }
-        match primary.and_then(|primary| primary.value) {
+        // A judge's score, where the run had a judge and it answered, grades the trial; the
+        // rule-based primary score is the fallback.
+        let judged = completed.and_then(|outcome| outcome.judge.as_ref()).and_then(|verdict| verdict.score);
+        if judged.is_some() {
+            sums.judged += 1;
+        }
+        match judged.or(primary.and_then(|primary| primary.value)) {
             Some(value) => {
                 sums.primary.0 += value;
                 sums.primary.1 += 1;
@@ -115,6 +128,7 @@ pub fn build(trials: &[TrialRecord]) -> Option<EvalsReport> {
             persona: persona.clone(),
             trials: 0,
             primary_n: 0,
+            judged: 0,
             primary: None,
             cms_n: 0,
             cms: None,
@@ -123,6 +137,7 @@ pub fn build(trials: &[TrialRecord]) -> Option<EvalsReport> {
         });
         cell.trials += sums.trials;
         cell.primary_n += sums.primary.1;
+        cell.judged += sums.judged;
         cell.cms_n += sums.cms.1;
         // A trial counts as an error when the eval is scored by primary and it has none, or
         // by CMS and it has none.
@@ -177,7 +192,11 @@ pub fn render(report: &EvalsReport) -> String {
             cell.persona.clone(),
             cell.trials.to_string(),
             cell.errors.to_string(),
-            format!("{} ({})", number(cell.primary), cell.primary_n),
+            if cell.judged > 0 {
+                format!("{} ({}, {} judged)", number(cell.primary), cell.primary_n, cell.judged)
+            } else {
+                format!("{} ({})", number(cell.primary), cell.primary_n)
+            },
             format!("{} ({})", number(cell.cms), cell.cms_n),
             number(cell.score),
             number(normalised.get(&(cell.eval.as_str(), cell.model.as_str(), cell.persona.as_str())).copied()),

@@ -1067,7 +1067,7 @@ fn evals_section(report: &Report) -> String {
             cell.trials,
             cell.errors,
             number(cell.primary),
-            cell.primary_n,
+            if cell.judged > 0 { format!("{}, {} judged", cell.primary_n, cell.judged) } else { cell.primary_n.to_string() },
             number(cell.cms),
             cell.cms_n,
             number(cell.score),

@@ -2,5 +2,6 @@
 
 pub mod classify;
 pub mod cms;
+pub mod judge;
 pub mod primary;
 pub mod sandbox_evals;

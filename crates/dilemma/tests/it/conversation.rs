@@ -31,6 +31,7 @@ async fn play_with_user(agent: Vec<ScriptedReply>, user: Option<Arc<Model>>) -> 
         agent: scripted(ModelRole::Agent, agent),
         environment: Arc::new(Environment::Scripted),
         user,
+        judge: None,
         options: options(Protocol::Json),
     };
     run_trial(&setup, &NoJournal).await
@@ -137,6 +138,7 @@ async fn play_scored(scenario: Scenario, agent: Vec<ScriptedReply>) -> dilemma::
         agent: scripted(ModelRole::Agent, agent),
         environment: Arc::new(Environment::Scripted),
         user: None,
+        judge: None,
         options: options(Protocol::Json),
     };
     run_trial(&setup, &NoJournal).await.1

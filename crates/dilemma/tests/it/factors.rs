@@ -170,6 +170,7 @@ fn config(scenarios: Vec<LoadedScenario>, agents: Vec<Arc<Model>>) -> RunConfig 
         prices: Default::default(),
         factors: Vec::new(),
         user: None,
+        judge: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod conversation;
 mod evals_report;
 mod factors;
 mod html;
+mod judge;
 mod lint;
 mod model;
 mod providers;

@@ -25,6 +25,7 @@ fn config(run_id: &str, epochs: u32) -> RunConfig {
         prices: Default::default(),
         factors: Vec::new(),
         user: None,
+        judge: None,
     }
 }
 

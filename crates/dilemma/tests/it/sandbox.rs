@@ -275,6 +275,7 @@ async fn play_eval(path: &str, replies: Vec<ScriptedReply>, backend: Backend, en
         agent: scripted(ModelRole::Agent, replies),
         environment: Arc::new(environment),
         user: None,
+        judge: None,
         options: options(Protocol::Json),
     };
     let (transcript, outcome) = run_trial(&setup, &NoJournal).await;

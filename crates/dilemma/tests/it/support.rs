@@ -51,6 +51,7 @@ pub async fn play(scenario: Scenario, agent: Arc<Model>, environment: Environmen
         agent,
         environment: Arc::new(environment),
         user: None,
+        judge: None,
         options: options(protocol),
     };
     run_trial(&setup, &NoJournal).await
