@@ -175,6 +175,18 @@ impl Svg {
 }
 
 /// A marker: circle, triangle, square, diamond or downward triangle, by `shape`.
+/// A horizontal interval from `low` to `high` at height `centre`, with end caps.
+fn whisker(low: f64, high: f64, centre: f64, colour: &str) -> String {
+    format!(
+        r#"<path d="M{lo} {a}V{b}M{lo} {c}H{hi}M{hi} {a}V{b}" stroke="{colour}" class="whisker"/>"#,
+        lo = n(low),
+        hi = n(high),
+        a = n(centre - 5.0),
+        b = n(centre + 5.0),
+        c = n(centre)
+    )
+}
+
 fn marker(shape: usize, x: f64, y: f64, size: f64, colour: &str) -> String {
     let style = format!(r#"fill="{colour}" class="marker""#);
     match shape % 5 {
@@ -377,15 +389,7 @@ fn mr_by_domain(report: &Report, models: &Models) -> String {
             let note = rate_note(&row.summary);
             let mut inner = String::new();
             if let Some(rate) = &row.summary.misalignment {
-                let (low, high) = (scale.at(rate.low), scale.at(rate.high));
-                inner.push_str(&format!(
-                    r#"<path d="M{lo} {a}V{b}M{lo} {c}H{hi}M{hi} {a}V{b}" stroke="{colour}" class="whisker"/>"#,
-                    lo = n(low),
-                    hi = n(high),
-                    a = n(centre - 5.0),
-                    b = n(centre + 5.0),
-                    c = n(centre)
-                ));
+                inner.push_str(&whisker(scale.at(rate.low), scale.at(rate.high), centre, colour));
                 inner.push_str(&marker(models.shape(&row.model), scale.at(rate.value), centre, 5.0, colour));
             }
             marks.titled(&format!("{} · {}: MR {note}", row.model, header), &inner);
@@ -806,15 +810,7 @@ fn stress_factors(report: &Report, models: &Models) -> String {
                     n((at - zero).abs().max(1.0))
                 ));
                 if let (Some(low), Some(high)) = (contrast.delta_low, contrast.delta_high) {
-                    let (low, high) = (scale.at(low), scale.at(high));
-                    inner.push_str(&format!(
-                        r#"<path d="M{lo} {a}V{b}M{lo} {c}H{hi}M{hi} {a}V{b}" stroke="{colour}" class="whisker"/>"#,
-                        lo = n(low),
-                        hi = n(high),
-                        a = n(centre - 5.0),
-                        b = n(centre + 5.0),
-                        c = n(centre)
-                    ));
+                    inner.push_str(&whisker(scale.at(low), scale.at(high), centre, colour));
                 }
                 inner.push_str(&marker(models.shape(&contrast.model), at, centre, 4.5, colour));
             }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use dilemma::chat::{ChatRequest, ChatResponse};
-use dilemma::environment::Environment;
 use dilemma::factors::{self, Cell};
 use dilemma::metrics::paired::ALL_MODELS;
 use dilemma::model::scripted::{ScriptedModel, ScriptedReply};
@@ -15,7 +14,7 @@ use dilemma::scenario::{self, LoadedScenario, Scenario};
 use dilemma::store::Store;
 use serde_json::json;
 
-use crate::support::{fixture, options};
+use crate::support::fixture;
 
 fn tiny_factors() -> Scenario {
     scenario::load_file(&fixture("tiny-factors.yaml")).expect("the factor fixture loads")
@@ -156,22 +155,7 @@ fn swayed_agent(id: &str) -> Arc<Model> {
 }
 
 fn config(scenarios: Vec<LoadedScenario>, agents: Vec<Arc<Model>>) -> RunConfig {
-    RunConfig {
-        run_id: "factors".into(),
-        scenarios,
-        agents,
-        environment: Arc::new(Environment::Scripted),
-        epochs: 5,
-        concurrency: 4,
-        options: options(Protocol::Json),
-        max_infrastructure_errors: None,
-        retry_errors: false,
-        max_cost: None,
-        prices: Default::default(),
-        factors: Vec::new(),
-        user: None,
-        judge: None,
-    }
+    crate::support::run_config("factors", scenarios, agents, 5, 4)
 }
 
 #[tokio::test]

@@ -1,32 +1,14 @@
 //! Runs: planning, storing, resuming after an interruption, and refusing to store twice.
 
-use std::sync::Arc;
 
-use dilemma::environment::Environment;
-use dilemma::prompt::Protocol;
 use dilemma::run::{self, RunConfig, RunEvent};
 use dilemma::store::{Store, StoreError};
 use dilemma::trial::TrialStatus;
 
-use crate::support::{agent, loaded_tiny, options};
+use crate::support::{agent, loaded_tiny, run_config};
 
 fn config(run_id: &str, epochs: u32) -> RunConfig {
-    RunConfig {
-        run_id: run_id.into(),
-        scenarios: vec![loaded_tiny()],
-        agents: vec![agent(&[1, 4, 6])],
-        environment: Arc::new(Environment::Scripted),
-        epochs,
-        concurrency: 3,
-        options: options(Protocol::Json),
-        max_infrastructure_errors: None,
-        retry_errors: false,
-        max_cost: None,
-        prices: Default::default(),
-        factors: Vec::new(),
-        user: None,
-        judge: None,
-    }
+    run_config(run_id, vec![loaded_tiny()], vec![agent(&[1, 4, 6])], epochs, 3)
 }
 
 async fn execute(plan: run::Plan, store: Store) -> (run::RunSummary, Store, Vec<RunEvent>) {

@@ -61,3 +61,24 @@ pub async fn play(scenario: Scenario, agent: Arc<Model>, environment: Environmen
 pub fn trajectory(outcome: &Outcome) -> Vec<usize> {
     outcome.tools.iter().map(|tool| tool.tool_id).collect()
 }
+
+/// A run of `scenarios` by `agents` with the scripted environment and no budgets, factors,
+/// user or judge; tests change the fields they care about.
+pub fn run_config(run_id: &str, scenarios: Vec<LoadedScenario>, agents: Vec<Arc<Model>>, epochs: u32, concurrency: usize) -> dilemma::run::RunConfig {
+    dilemma::run::RunConfig {
+        run_id: run_id.into(),
+        scenarios,
+        agents,
+        environment: Arc::new(Environment::Scripted),
+        epochs,
+        concurrency,
+        options: options(Protocol::Json),
+        max_infrastructure_errors: None,
+        retry_errors: false,
+        max_cost: None,
+        prices: Default::default(),
+        factors: Vec::new(),
+        user: None,
+        judge: None,
+    }
+}
