@@ -215,7 +215,9 @@ for protocol in protocols:
         failures.append(f"{protocol}: valid {valid} + protocol errors {perr} + infrastructure errors {ierr} != finished {finished}")
 
     rows = db.execute(
-        "SELECT trial_key, turn_index, seq, response, error FROM model_calls WHERE run_id = ? ORDER BY id",
+        # A response the response cache holds is stored there once (model_calls.cache_key).
+        "SELECT m.trial_key, m.turn_index, m.seq, COALESCE(m.response, c.response), m.error FROM model_calls m "
+        "LEFT JOIN response_cache c ON m.response IS NULL AND c.key = m.cache_key WHERE m.run_id = ? ORDER BY m.id",
         (run_id,),
     ).fetchall()
     with_raw, with_error, sample_raw, first_error = 0, 0, None, None

@@ -152,6 +152,7 @@ fn write(path: &std::path::Path, trials: usize, run_id: &str) -> Result<serde_js
                 failed_attempts: Vec::new(),
                 latency_ms: 50,
                 cached: false,
+                cache_key: None,
             };
             let action = json!({
                 "tool_id": pick + 1, "tool": name, "arguments": arguments, "reasoning": "synthetic",

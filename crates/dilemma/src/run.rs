@@ -346,10 +346,14 @@ pub struct RunSummary {
 }
 
 enum WriterCommand {
-    Start { trial: String, ack: oneshot::Sender<Result<(), String>> },
+    Start { trial: String },
     Turn { trial: String, turn: Box<Turn> },
     Finish { trial: String, outcome: Box<Outcome>, ack: oneshot::Sender<Result<(), String>> },
 }
+
+/// Commands the writer commits together at most: a bound so one group never holds the
+/// store's lock for long.
+const MAX_GROUP: usize = 256;
 
 /// Sends turns to the writer thread; the trial never waits on the disk.
 struct WriterJournal {
@@ -357,39 +361,76 @@ struct WriterJournal {
 }
 
 impl TurnJournal for WriterJournal {
-    fn record_turn(&self, trial: &str, turn: &Turn) -> Result<(), String> {
+    fn record_turn(&self, trial: &str, turn: Turn) -> Result<(), String> {
         self.sender
-            .send(WriterCommand::Turn { trial: trial.to_owned(), turn: Box::new(turn.clone()) })
+            .send(WriterCommand::Turn { trial: trial.to_owned(), turn: Box::new(turn) })
             .map_err(|_| "the store writer has stopped".to_owned())
+    }
+
+    fn transcript_keeps_requests(&self) -> bool {
+        // The store keeps them; a trial in flight need not hold its conversation twice.
+        false
     }
 }
 
 /// The single writer: owns the store on its own thread, so SQLite's synchronous writes never
-/// block the async workers, and writes are serialised without lock contention.
+/// block the async workers, and writes are serialised without lock contention. It commits
+/// in groups: every command that queued up while the last group was being written goes into
+/// the next transaction, so under load one commit serves many turns. Commands of one trial
+/// stay in the order they were sent (start, turns, finish); an outcome is acknowledged only
+/// after the commit that holds it.
 fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterCommand>, std::thread::JoinHandle<Store>) {
     let (sender, mut receiver) = mpsc::unbounded_channel::<WriterCommand>();
     let handle = std::thread::spawn(move || {
-        // A failed turn write poisons that trial: its Finish reports the error instead of
-        // committing an outcome whose transcript is incomplete.
+        // A failed start or turn write poisons that trial: its Finish reports the error
+        // instead of committing an outcome whose transcript is incomplete.
         let mut failed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        while let Some(command) = receiver.blocking_recv() {
-            match command {
-                WriterCommand::Start { trial, ack } => {
-                    let _ = ack.send(store.start_trial(&run, &trial).map_err(|error| error.to_string()));
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = receiver.blocking_recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
                 }
-                WriterCommand::Turn { trial, turn } => {
-                    if let Err(error) = store.record_turn(&run, &trial, &turn) {
-                        tracing::error!(%trial, %error, "could not store a turn");
-                        failed.entry(trial).or_insert_with(|| error.to_string());
+            }
+            // Without a group (the lock could not be had), each write commits on its own.
+            let grouped = store.begin_group().is_ok();
+            let mut written = Vec::new();
+            let mut finished = Vec::new();
+            for command in group.drain(..) {
+                match command {
+                    WriterCommand::Start { trial } => {
+                        if let Err(error) = store.start_trial(&run, &trial) {
+                            failed.entry(trial.clone()).or_insert_with(|| format!("it could not be marked as started: {error}"));
+                        }
+                        written.push(trial);
+                    }
+                    WriterCommand::Turn { trial, turn } => {
+                        if let Err(error) = store.record_turn(&run, &trial, &turn) {
+                            tracing::error!(%trial, %error, "could not store a turn");
+                            failed.entry(trial.clone()).or_insert_with(|| format!("a turn of this trial could not be stored: {error}"));
+                        }
+                        written.push(trial);
+                    }
+                    WriterCommand::Finish { trial, outcome, ack } => {
+                        let result = match failed.remove(&trial) {
+                            Some(error) => Err(error),
+                            None => store.finish_trial(&run, &trial, &outcome).map_err(|error| error.to_string()),
+                        };
+                        finished.push((ack, result));
                     }
                 }
-                WriterCommand::Finish { trial, outcome, ack } => {
-                    let result = match failed.remove(&trial) {
-                        Some(error) => Err(format!("a turn of this trial could not be stored: {error}")),
-                        None => store.finish_trial(&run, &trial, &outcome).map_err(|error| error.to_string()),
-                    };
-                    let _ = ack.send(result);
+            }
+            let committed = if grouped { store.commit_group().map_err(|error| error.to_string()) } else { Ok(()) };
+            if let Err(error) = &committed {
+                tracing::error!(%error, "could not commit a group of writes");
+                for trial in written {
+                    failed.entry(trial).or_insert_with(|| format!("its writes could not be committed: {error}"));
                 }
+            }
+            for (ack, result) in finished {
+                let _ = ack.send(committed.clone().and(result));
             }
         }
         store
@@ -535,9 +576,9 @@ async fn run_one(
     journal: &dyn TurnJournal,
     events: &mpsc::UnboundedSender<RunEvent>,
 ) -> Result<TrialStatus, String> {
-    let (ack, started) = oneshot::channel();
-    writer.send(WriterCommand::Start { trial: setup.key.clone(), ack }).map_err(|_| "store writer stopped")?;
-    started.await.map_err(|_| "store writer stopped")??;
+    // Not awaited: the writer handles a trial's commands in order, and a start that cannot
+    // be stored fails the trial's outcome instead.
+    writer.send(WriterCommand::Start { trial: setup.key.clone() }).map_err(|_| "store writer stopped")?;
     let (_transcript, outcome) = run_trial(&setup, journal).await;
     let (status, class) = (outcome.status, outcome.class);
     let (ack, committed) = oneshot::channel();

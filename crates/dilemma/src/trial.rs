@@ -135,14 +135,22 @@ pub struct TrialSetup {
 
 /// Where each turn goes as soon as it is done (the store, in a run).
 pub trait TurnJournal: Send + Sync {
-    fn record_turn(&self, trial: &str, turn: &Turn) -> Result<(), String>;
+    /// Takes the finished turn, with its model calls.
+    fn record_turn(&self, trial: &str, turn: Turn) -> Result<(), String>;
+
+    /// Whether the [`Transcript`] that [`run_trial`] returns keeps each call's request. A
+    /// journal that stores the requests says no, so a trial in flight holds its conversation
+    /// once (in its history) rather than once more per call; the stored transcript has them.
+    fn transcript_keeps_requests(&self) -> bool {
+        true
+    }
 }
 
 /// A journal that keeps nothing (for tests and dry runs).
 pub struct NoJournal;
 
 impl TurnJournal for NoJournal {
-    fn record_turn(&self, _trial: &str, _turn: &Turn) -> Result<(), String> {
+    fn record_turn(&self, _trial: &str, _turn: Turn) -> Result<(), String> {
         Ok(())
     }
 }
@@ -215,6 +223,40 @@ pub struct Turn {
     /// Every model call of the turn, in order (stored in their own table).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<ModelCall>,
+}
+
+impl Turn {
+    /// A copy whose model calls keep their responses but not their requests (the messages
+    /// and tool list sent), which are by far the largest part of a turn.
+    pub fn without_requests(&self) -> Turn {
+        Turn {
+            index: self.index,
+            agent: self.agent.clone(),
+            action: self.action.clone(),
+            environment: self.environment.clone(),
+            observation: self.observation.clone(),
+            world_state: self.world_state.clone(),
+            calls: self
+                .calls
+                .iter()
+                .map(|call| ModelCall {
+                    role: call.role,
+                    model: call.model.clone(),
+                    request: ChatRequest {
+                        messages: Vec::new(),
+                        tools: Vec::new(),
+                        output: call.request.output.clone(),
+                        sampling: call.request.sampling.clone(),
+                    },
+                    result: call.result.clone(),
+                    failed_attempts: call.failed_attempts.clone(),
+                    latency_ms: call.latency_ms,
+                    cached: call.cached,
+                    cache_key: call.cache_key.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Everything that happened in a trial.
@@ -442,11 +484,11 @@ impl TrialState<'_> {
             let result = self.play_turn(&mut turn).instrument(tracing::info_span!("turn", index)).await;
             let terminal = turn.action.as_ref().is_some_and(|action| action.terminal);
             self.retries += turn.calls.iter().map(|call| call.failed_attempts.len() as u32).sum::<u32>();
-            if let Err(error) = self.journal.record_turn(&self.setup.key, &turn) {
-                self.turns.push(turn);
+            let kept = if self.journal.transcript_keeps_requests() { turn.clone() } else { turn.without_requests() };
+            self.turns.push(kept);
+            if let Err(error) = self.journal.record_turn(&self.setup.key, turn) {
                 return (TrialStatus::InfrastructureError, Some(format!("could not journal turn {index}: {error}")));
             }
-            self.turns.push(turn);
             match result {
                 Ok(()) if terminal => return (TrialStatus::Completed, None),
                 Ok(()) if self.retries > self.setup.options.retry_budget => {

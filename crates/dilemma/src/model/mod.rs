@@ -148,9 +148,12 @@ pub trait ChatModel: Send + Sync {
 /// Finished responses, kept so that a rerun or a resumed run never pays for a call twice.
 /// Implemented by the store; the model layer only sees this trait.
 pub trait ResponseCache: Send + Sync {
+    /// A lookup fast enough to run on the async worker (a primary-key read).
     fn get(&self, key: &str) -> Option<ChatResponse>;
-    /// Must be durable when it returns: a crash right after must not lose the answer.
-    fn put(&self, key: &str, model: &str, role: ModelRole, response: &ChatResponse);
+    /// Stores an answer. The future resolves once the answer is durable (`true`) or could
+    /// not be stored (`false`): a crash after it resolved cannot lose the answer. Writes may
+    /// be grouped, so many calls share one commit.
+    fn put(&self, key: &str, model: &str, role: ModelRole, response: &ChatResponse) -> BoxFuture<'static, bool>;
 }
 
 /// The cache key of a call: everything that changes the answer — the provider (its id names
@@ -214,6 +217,10 @@ pub struct ModelCall {
     /// Served from the response cache: nothing was sent, nothing was paid.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// The response cache's key, when the cache durably holds this call's response (the
+    /// store then keeps the response once, in the cache, and refers to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
 }
 
 impl ModelCall {
@@ -289,7 +296,7 @@ impl Model {
         let cache = self.cache.as_ref().filter(|_| self.provider.cacheable());
         let key = cache.map(|_| cache_key(self.provider.id(), self.role, &request));
         if let (Some(cache), Some(key)) = (cache, &key)
-            && let Some(response) = off_the_runtime(cache, key.clone(), |cache, key| cache.get(&key)).await.flatten()
+            && let Some(response) = cache.get(key)
         {
             {
                 let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -303,6 +310,7 @@ impl Model {
                     failed_attempts: Vec::new(),
                     latency_ms: 0,
                     cached: true,
+                    cache_key: Some(key.clone()),
                 };
             }
         }
@@ -362,7 +370,7 @@ impl Model {
             // The final error is the call's result, not a retried attempt.
             failed_attempts.pop();
         }
-        let call = ModelCall {
+        let mut call = ModelCall {
             role: self.role,
             model: self.provider.id().to_owned(),
             request,
@@ -370,11 +378,13 @@ impl Model {
             failed_attempts,
             latency_ms: millis(started),
             cached: false,
+            cache_key: None,
         };
-        if let (Some(cache), Some(key), Ok(response)) = (cache, &key, &call.result) {
-            // Committed before the call returns: a crash after this point cannot lose the answer.
-            let (model, role, response) = (call.model.clone(), self.role, response.clone());
-            off_the_runtime(cache, key.clone(), move |cache, key| cache.put(&key, &model, role, &response)).await;
+        if let (Some(cache), Some(key), Ok(response)) = (cache, key, &call.result) {
+            // Durable before the call returns: a crash after this point cannot lose the answer.
+            if cache.put(&key, &call.model, self.role, response).await {
+                call.cache_key = Some(key);
+            }
         }
         let mut accounting = self.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         accounting.calls += 1;
@@ -383,17 +393,6 @@ impl Model {
         accounting.usage += call.usage();
         call
     }
-}
-
-/// Runs a (blocking, SQLite-backed) cache operation on the blocking pool, so a write that
-/// waits on the store's lock never stalls the async workers that drive other trials.
-async fn off_the_runtime<T, F>(cache: &Arc<dyn ResponseCache>, key: String, operation: F) -> Option<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn ResponseCache, String) -> T + Send + 'static,
-{
-    let cache = cache.clone();
-    tokio::task::spawn_blocking(move || operation(cache.as_ref(), key)).await.ok()
 }
 
 fn millis(since: Instant) -> u64 {

@@ -7,22 +7,26 @@
 //!
 //! - all trials of a run are inserted as `planned` when the run is created, so the plan is
 //!   durable before any model is called;
-//! - each turn is committed on its own as soon as it is done;
+//! - each turn is committed as soon as it is done; a writer may group the turns, outcomes
+//!   and cached answers that queued up meanwhile into one transaction ([`Store::begin_group`]),
+//!   and acknowledges an outcome only after the commit that holds it;
 //! - a trial's outcome is committed in one transaction that flips it to `finished`, guarded
 //!   by `status <> 'finished'`, so a trial can never be finished twice;
 //! - resuming a run deletes the partial turns and calls of trials that were not finished
 //!   and runs them again from the start.
 
 mod cache;
+mod calls;
 
 pub use cache::StoreCache;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::model::ModelCall;
+use crate::model::{ModelCall, ModelRole};
 use crate::synth::{Judgement, Round, Stage};
 use crate::trial::{Outcome, Turn};
 
@@ -31,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_initial.sql"),
     include_str!("migrations/002_response_cache.sql"),
     include_str!("migrations/003_synthesis.sql"),
+    include_str!("migrations/004_compact_calls.sql"),
 ];
 
 /// A store failure.
@@ -50,6 +55,10 @@ pub enum StoreError {
     NoSuchTrial { run: String, trial: String },
     #[error("trial `{trial}` of run `{run}` is already finished; refusing to store it twice")]
     AlreadyFinished { run: String, trial: String },
+    #[error("the store refers to a shared text {0} it does not hold; the file is damaged")]
+    MissingText(String),
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
     #[error(
         "{path} was written by a newer dilemma (schema version {found}, this build knows {known}); use a newer dilemma"
     )]
@@ -145,6 +154,11 @@ pub struct SynthCandidateRecord {
 pub struct Store {
     connection: Connection,
     path: String,
+    /// Per unfinished trial and role: digests of the messages its last stored call sent, so
+    /// the next call stores only what is new (see `calls`).
+    sent: HashMap<String, HashMap<ModelRole, Vec<calls::Digest128>>>,
+    /// Texts this connection has put into `texts`, so each is inserted once.
+    shared_texts: HashSet<calls::Digest128>,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,7 +176,7 @@ impl Store {
             let _ = std::fs::create_dir_all(parent);
         }
         let connection = Connection::open(path).map_err(|source| StoreError::Sqlite { path: shown.clone(), source })?;
-        let mut store = Store { connection, path: shown };
+        let mut store = Store { connection, path: shown, sent: HashMap::new(), shared_texts: HashSet::new() };
         store.configure()?;
         Ok(store)
     }
@@ -171,7 +185,7 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let connection =
             Connection::open_in_memory().map_err(|source| StoreError::Sqlite { path: ":memory:".into(), source })?;
-        let mut store = Store { connection, path: ":memory:".into() };
+        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), shared_texts: HashSet::new() };
         store.configure()?;
         Ok(store)
     }
@@ -184,9 +198,11 @@ impl Store {
         // WAL: readers (report, viewer) never block the writer; NORMAL sync is durable across
         // process crashes (kill -9), which is the failure we design for.
         let pragmas = self.connection.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         );
         self.sql(pragmas)?;
+        let waits = self.connection.busy_handler(Some(wait_for_lock));
+        self.sql(waits)?;
         let version: i64 = self.sql(self.connection.query_row("PRAGMA user_version", [], |row| row.get(0)))?;
         let version = usize::try_from(version).unwrap_or(0);
         if version > MIGRATIONS.len() {
@@ -289,10 +305,11 @@ impl Store {
 
     /// Marks a trial as started.
     pub fn start_trial(&mut self, run: &str, trial: &str) -> Result<(), StoreError> {
-        let changed = self.sql(self.connection.execute(
-            "UPDATE trials SET status = 'running', started_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'",
-            params![run, trial],
-        ))?;
+        let changed = self.sql(
+            self.connection
+                .prepare_cached("UPDATE trials SET status = 'running', started_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'")
+                .and_then(|mut statement| statement.execute(params![run, trial])),
+        )?;
         if changed == 0 {
             return Err(self.missing_or_finished(run, trial));
         }
@@ -311,29 +328,69 @@ impl Store {
         }
     }
 
-    /// Commits one turn and its model calls.
+    /// Opens a group: the writes until [`Store::commit_group`] are committed together, so a
+    /// writer that has many turns queued pays for one commit. Each write inside keeps its own
+    /// all-or-nothing savepoint.
+    pub fn begin_group(&mut self) -> Result<(), StoreError> {
+        self.sql(self.connection.execute_batch("BEGIN IMMEDIATE"))
+    }
+
+    /// Commits the group [`Store::begin_group`] opened (rolling it back if the commit fails).
+    pub fn commit_group(&mut self) -> Result<(), StoreError> {
+        let committed = self.connection.execute_batch("COMMIT");
+        if committed.is_err() && !self.connection.is_autocommit() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+        if committed.is_err() {
+            // What this connection believed it had written may be gone.
+            self.shared_texts.clear();
+            self.sent.clear();
+        }
+        self.sql(committed)
+    }
+
+    /// Commits one turn and its model calls (inside a group, when one is open). Requests are
+    /// stored compactly (see `calls`); a response the response cache holds is referred to
+    /// by its key.
     pub fn record_turn(&mut self, run: &str, trial: &str, turn: &Turn) -> Result<(), StoreError> {
-        let mut body = turn.clone();
-        let calls = std::mem::take(&mut body.calls);
-        let body = serde_json::to_string(&body)?;
+        let body = serde_json::to_string(&TurnBody(turn))?;
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let transaction = self.connection.transaction().map_err(sql)?;
-        transaction
-            .execute(
+        let mut sent = self.sent.get(trial).cloned().unwrap_or_default();
+        let savepoint = self.connection.savepoint().map_err(sql)?;
+        savepoint
+            .prepare_cached(
                 "INSERT INTO turns (run_id, trial_key, turn_index, body, recorded_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
-                params![run, trial, turn.index, body],
             )
+            .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body]))
             .map_err(sql)?;
+        let mut new_texts = Vec::new();
         {
-            let mut insert = transaction
-                .prepare("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, cached, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, datetime('now'))")
+            let mut insert = savepoint
+                .prepare_cached("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, cached, recorded_at, request_format, inherited_messages, cache_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, datetime('now'), ?15, ?16, ?17)")
                 .map_err(sql)?;
-            for (seq, call) in calls.iter().enumerate() {
+            let mut share_text = savepoint
+                .prepare_cached("INSERT OR IGNORE INTO texts (hash, body) VALUES (?1, ?2)")
+                .map_err(sql)?;
+            for (seq, call) in turn.calls.iter().enumerate() {
+                let cache_key = call.cache_key.as_deref().filter(|_| call.result.is_ok());
                 let (response, error) = match &call.result {
+                    Ok(_) if cache_key.is_some() => (None, None),
                     Ok(response) => (Some(serde_json::to_string(response)?), None),
                     Err(error) => (None, Some(serde_json::to_string(error)?)),
                 };
+                let digests = calls::message_digests(&call.request.messages);
+                let previous = sent.get(&call.role).map_or(&[][..], Vec::as_slice);
+                let inherited = calls::common_prefix(previous, &digests);
+                let request = calls::encode_request(&call.request, inherited, |text| {
+                    let hash = calls::digest(text.as_bytes());
+                    let reference = hex::encode(hash);
+                    if !self.shared_texts.contains(&hash) {
+                        share_text.execute(params![reference, text]).map_err(sql)?;
+                        new_texts.push(hash);
+                    }
+                    Ok(reference)
+                })?;
                 let usage = call.usage();
                 insert
                     .execute(params![
@@ -343,7 +400,7 @@ impl Store {
                         seq as i64,
                         call.role.as_str(),
                         call.model,
-                        serde_json::to_string(&call.request)?,
+                        request,
                         response,
                         error,
                         sql_int(usage.prompt_tokens),
@@ -351,20 +408,30 @@ impl Store {
                         sql_int(call.latency_ms),
                         serde_json::to_string(&call.failed_attempts)?,
                         call.cached,
+                        calls::FORMAT_COMPACT,
+                        inherited as i64,
+                        cache_key,
                     ])
                     .map_err(sql)?;
+                sent.insert(call.role, digests);
             }
         }
-        transaction.commit().map_err(sql)
+        savepoint.commit().map_err(sql)?;
+        self.shared_texts.extend(new_texts);
+        self.sent.insert(trial.to_owned(), sent);
+        Ok(())
     }
 
     /// Commits a trial's outcome; refuses a trial that is already finished.
     pub fn finish_trial(&mut self, run: &str, trial: &str, outcome: &Outcome) -> Result<(), StoreError> {
         let class = outcome.class.map(|class| class.as_str());
-        let changed = self.sql(self.connection.execute(
-            "UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'",
-            params![run, trial, serde_json::to_string(outcome)?, outcome.status.as_str(), class],
-        ))?;
+        let outcome_json = serde_json::to_string(outcome)?;
+        let changed = self.sql(
+            self.connection
+                .prepare_cached("UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'")
+                .and_then(|mut statement| statement.execute(params![run, trial, outcome_json, outcome.status.as_str(), class])),
+        )?;
+        self.sent.remove(trial);
         if changed == 0 {
             return Err(self.missing_or_finished(run, trial));
         }
@@ -471,7 +538,9 @@ impl Store {
             bodies.iter().map(|body| serde_json::from_str(body)).collect::<Result<_, _>>()?
         };
         let mut statement = self.sql(self.connection.prepare(
-            "SELECT turn_index, role, model, request, response, error, latency_ms, failed_attempts, cached FROM model_calls WHERE run_id = ?1 AND trial_key = ?2 ORDER BY turn_index, seq",
+            "SELECT m.turn_index, m.role, m.model, m.request, COALESCE(m.response, c.response), m.error, m.latency_ms, m.failed_attempts, m.cached, m.request_format, m.inherited_messages, m.cache_key \
+             FROM model_calls m LEFT JOIN response_cache c ON m.response IS NULL AND m.error IS NULL AND c.key = m.cache_key \
+             WHERE m.run_id = ?1 AND m.trial_key = ?2 ORDER BY m.turn_index, m.seq",
         ))?;
         let calls = statement
             .query_map(params![run, trial], |row| {
@@ -485,24 +554,38 @@ impl Store {
                     row.get::<_, i64>(6)?.max(0) as u64,
                     row.get::<_, String>(7)?,
                     row.get::<_, bool>(8)?,
+                    row.get::<_, i64>(9)?,
+                    row.get::<_, i64>(10)?.max(0) as usize,
+                    row.get::<_, Option<String>>(11)?,
                 ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })?;
-        for (turn_index, role, model, request, response, error, latency_ms, failed_attempts, cached) in calls {
+        let mut previous: HashMap<ModelRole, Vec<crate::chat::Message>> = HashMap::new();
+        for (turn_index, role, model, request, response, error, latency_ms, failed_attempts, cached, format, inherited, cache_key) in calls {
+            let role: ModelRole = serde_json::from_value(serde_json::Value::String(role))?;
+            let request = calls::decode_request(
+                &request,
+                format,
+                inherited,
+                previous.get(&role).map_or(&[][..], Vec::as_slice),
+                |reference| self.shared_text(reference),
+            )?;
+            previous.insert(role, request.messages.clone());
             let result = match (response, error) {
                 (Some(response), _) => Ok(serde_json::from_str(&response)?),
                 (None, Some(error)) => Err(serde_json::from_str(&error)?),
                 (None, None) => continue,
             };
             let call = ModelCall {
-                role: serde_json::from_value(serde_json::Value::String(role))?,
+                role,
                 model,
-                request: serde_json::from_str(&request)?,
+                request,
                 result,
                 failed_attempts: serde_json::from_str(&failed_attempts)?,
                 latency_ms,
                 cached,
+                cache_key,
             };
             if let Some(turn) = turns.iter_mut().find(|turn| turn.index == turn_index) {
                 turn.calls.push(call);
@@ -673,6 +756,63 @@ impl Store {
             })
             .collect()
     }
+}
+
+impl Store {
+    /// A text stored once in `texts`.
+    fn shared_text(&self, reference: &str) -> Result<String, StoreError> {
+        let text = self
+            .connection
+            .prepare_cached("SELECT body FROM texts WHERE hash = ?1")
+            .and_then(|mut statement| statement.query_row([reference], |row| row.get::<_, String>(0)).optional());
+        self.sql(text)?.ok_or_else(|| StoreError::MissingText(reference.to_owned()))
+    }
+}
+
+/// A turn as the `turns` table stores it: without its model calls, which have their own table.
+struct TurnBody<'a>(&'a Turn);
+
+impl Serialize for TurnBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // `Turn` skips `calls` when empty; serialising a copy without them would clone every
+        // request of the turn, so write the fields through a borrowed view instead.
+        #[derive(Serialize)]
+        struct View<'a> {
+            index: u32,
+            agent: &'a [crate::trial::AgentAttempt],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            action: &'a Option<crate::trial::Action>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            environment: &'a [crate::trial::EnvironmentAttempt],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            observation: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            world_state: &'a Option<serde_json::Value>,
+        }
+        let turn = self.0;
+        View {
+            index: turn.index,
+            agent: &turn.agent,
+            action: &turn.action,
+            environment: &turn.environment,
+            observation: &turn.observation,
+            world_state: &turn.world_state,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Waits for another connection's write lock. SQLite's own busy timeout sleeps in steps of
+/// up to 100 ms; two writer threads (a run's and the response cache's) hand the lock back and
+/// forth many times a second, so wait in short steps first: 100 µs for the first 0.1 s, then
+/// 10 ms, giving up after about 10 s.
+fn wait_for_lock(attempt: i32) -> bool {
+    match attempt {
+        0..1_000 => std::thread::sleep(std::time::Duration::from_micros(100)),
+        1_000..2_000 => std::thread::sleep(std::time::Duration::from_millis(10)),
+        _ => return false,
+    }
+    true
 }
 
 /// SQLite integers are signed 64-bit; counts beyond that saturate.

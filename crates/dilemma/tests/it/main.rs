@@ -13,6 +13,7 @@ mod providers;
 mod report;
 mod run;
 mod sandbox;
+mod store;
 mod scenario;
 mod suite;
 mod support;
