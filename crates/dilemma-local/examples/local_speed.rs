@@ -51,7 +51,7 @@ fn arguments() -> Result<Arguments, String> {
 fn request(text: String, max_tokens: u32) -> ChatRequest {
     ChatRequest {
         messages: vec![Message::user(text)],
-        tools: Vec::new(),
+        tools: Default::default(),
         output: OutputFormat::Text,
         sampling: Sampling { temperature: 0.0, max_tokens, seed: None },
     }

@@ -70,7 +70,7 @@ fn tools_text(request: &ChatRequest) -> String {
         "You can use the following tools. Answer with exactly one tool call, written as a JSON object \
          {\"tool\": <tool name>, \"arguments\": <arguments object>}.\nTools:",
     );
-    for tool in &request.tools {
+    for tool in request.tools.iter() {
         text.push_str(&format!(
             "\n- {}: {}\n  Arguments (JSON Schema): {}",
             tool.name,
@@ -98,7 +98,7 @@ mod tests {
                 assistant,
                 Message::tool_result("call_0", "pong"),
             ],
-            tools: vec![ToolSpec { name: "ping".into(), description: "Pings.".into(), parameters: json!({}) }],
+            tools: vec![ToolSpec { name: "ping".into(), description: "Pings.".into(), parameters: json!({}) }].into(),
             output: OutputFormat::ToolCall,
             sampling: Sampling::default(),
         };

@@ -42,7 +42,7 @@ fn tools() -> Vec<ToolSpec> {
 fn tool_request(text: &str) -> ChatRequest {
     ChatRequest {
         messages: vec![Message::system("You release batches."), Message::user(text)],
-        tools: tools(),
+        tools: tools().into(),
         output: OutputFormat::ToolCall,
         sampling: Sampling { temperature: 0.7, max_tokens: 256, seed: Some(1) },
     }
@@ -119,7 +119,7 @@ async fn json_schema_requests_get_a_document_valid_against_the_schema() {
         assert!(document["reasoning"].as_str().is_some_and(|text| !text.is_empty()));
     }
     let (_handle, model) = start(MockConfig::default()).await;
-    let text = ChatRequest { output: OutputFormat::Text, tools: Vec::new(), ..tool_request("Hello") };
+    let text = ChatRequest { output: OutputFormat::Text, tools: Default::default(), ..tool_request("Hello") };
     let response = model.chat(&text, &context(0)).await.unwrap();
     assert!(response.content.starts_with("Mock reply "), "{}", response.content);
 }

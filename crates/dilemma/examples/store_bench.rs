@@ -139,7 +139,7 @@ fn write(path: &std::path::Path, trials: usize, run_id: &str) -> Result<serde_js
                 model: row.agent_model.clone(),
                 request: ChatRequest {
                     messages: vec![Message::system("You are a synthetic agent."), Message::user(format!("Turn {index}: choose a tool."))],
-                    tools: Vec::new(),
+                    tools: Default::default(),
                     output: OutputFormat::Text,
                     sampling: Sampling { temperature: 0.7, max_tokens: 256, seed: Some(u64::from(index)) },
                 },

@@ -106,8 +106,9 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// The tools of the action space. Adapters put them on the wire only when `output` is
     /// `ToolCall`; with `JsonSchema` they are context (the schema already names them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<ToolSpec>,
+    /// Shared: every call of every trial of a scenario sends the same list.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub tools: std::sync::Arc<[ToolSpec]>,
     pub output: OutputFormat,
     pub sampling: Sampling,
 }

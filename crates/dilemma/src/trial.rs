@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
-use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, ToolCall, ToolSpec, Usage};
+use crate::chat::{ChatRequest, ChatResponse, Message, OutputFormat, Sampling, ToolCall, ToolSpec, Usage};
 use crate::environment::{Environment, EnvironmentReply};
 use crate::model::{CallContext, Model, ModelCall, ModelRole};
 use crate::prompt::{self, Protocol};
@@ -56,7 +56,7 @@ pub struct PreparedScenario {
     pub hash: String,
     pub(crate) agent_system: String,
     pub(crate) agent_opening: String,
-    tools: Vec<ToolSpec>,
+    tools: Arc<[ToolSpec]>,
     answer_schema: Value,
     pub(crate) environment_system: String,
     validators: Vec<jsonschema::Validator>,
@@ -88,7 +88,7 @@ impl PreparedScenario {
             hash: scenario.content_hash(),
             agent_system: prompt::agent_system_prompt(&scenario, protocol),
             agent_opening: prompt::agent_opening(&scenario),
-            tools: prompt::agent_tools(&scenario),
+            tools: prompt::agent_tools(&scenario).into(),
             answer_schema: prompt::agent_answer_schema(&scenario),
             environment_system: prompt::environment_system_prompt(&scenario),
             validators,
@@ -226,8 +226,9 @@ pub struct Turn {
 }
 
 impl Turn {
-    /// A copy whose model calls keep their responses but not their requests (the messages
-    /// and tool list sent), which are by far the largest part of a turn.
+    /// A copy whose model calls keep their parsed responses but not their requests (the
+    /// messages and tool list sent) nor the providers' raw replies, which are by far the
+    /// largest part of a turn and which scoring never reads.
     pub fn without_requests(&self) -> Turn {
         Turn {
             index: self.index,
@@ -244,11 +245,11 @@ impl Turn {
                     model: call.model.clone(),
                     request: ChatRequest {
                         messages: Vec::new(),
-                        tools: Vec::new(),
+                        tools: Arc::default(),
                         output: call.request.output.clone(),
                         sampling: call.request.sampling.clone(),
                     },
-                    result: call.result.clone(),
+                    result: call.result.as_ref().map(|response| ChatResponse { raw: None, ..response.clone() }).map_err(Clone::clone),
                     failed_attempts: call.failed_attempts.clone(),
                     latency_ms: call.latency_ms,
                     cached: call.cached,

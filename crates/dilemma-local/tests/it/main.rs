@@ -40,7 +40,7 @@ async fn json_schema_output_parses_and_matches_the_schema() {
             Message::system("You answer questions as JSON."),
             Message::user("Is the sky blue on a clear day? Answer yes or no and give a short reason."),
         ],
-        tools: Vec::new(),
+        tools: Default::default(),
         output: OutputFormat::JsonSchema(json!({
             "type": "object",
             "properties": {
@@ -90,7 +90,7 @@ async fn tool_call_output_names_an_offered_tool() {
             Message::system("You are an office assistant."),
             Message::user("Email bob@example.com that the meeting moved to 3pm."),
         ],
-        tools,
+        tools: tools.into(),
         output: OutputFormat::ToolCall,
         sampling: greedy(80),
     };
@@ -136,7 +136,7 @@ async fn a_follow_up_turn_reuses_the_cached_prefix() {
             Message::system("You are a terse assistant."),
             Message::user("Name one primary colour."),
         ],
-        tools: Vec::new(),
+        tools: Default::default(),
         output: OutputFormat::Text,
         sampling: greedy(8),
     };
@@ -170,7 +170,7 @@ async fn without_prefix_reuse_every_prompt_is_evaluated_whole() {
     let model = LocalModel::open("smollm2", options).expect("the default model opens");
     let mut request = ChatRequest {
         messages: vec![Message::system("You are a terse assistant."), Message::user("Name one primary colour.")],
-        tools: Vec::new(),
+        tools: Default::default(),
         output: OutputFormat::Text,
         sampling: greedy(8),
     };

@@ -233,7 +233,7 @@ async fn user_model(model: &Model, input: &EnvironmentInput<'_>) -> EnvironmentE
         messages.push(Message::assistant(answered.clone()));
     }
     messages.push(Message::user(message_to_user(&input.action.arguments)));
-    let request = ChatRequest { messages, tools: Vec::new(), output: OutputFormat::Text, sampling: input.user_sampling.clone() };
+    let request = ChatRequest { messages, tools: Default::default(), output: OutputFormat::Text, sampling: input.user_sampling.clone() };
     let context = CallContext {
         role: ModelRole::User,
         trial: input.trial.to_owned(),
@@ -283,7 +283,7 @@ async fn llm(model: &Model, input: &EnvironmentInput<'_>) -> EnvironmentExchange
     for attempt in 0..=input.reask_limit {
         let request = ChatRequest {
             messages: messages.clone(),
-            tools: Vec::new(),
+            tools: Default::default(),
             output: OutputFormat::JsonSchema(prompt::environment_answer_schema()),
             sampling: Sampling { seed: input.sampling.seed.map(|seed| seed + u64::from(attempt)), ..input.sampling.clone() },
         };

@@ -72,7 +72,7 @@ impl ChatModel for AnthropicModel {
         Box::pin(async move {
             let body = request_body(request, &self.model);
             let headers = [("anthropic-version", API_VERSION)];
-            let reply = self.endpoint.post_json(&self.url(), Auth::Header("x-api-key"), &headers, &body).await?;
+            let reply = self.endpoint.post_json(&self.url(), Auth::Header("x-api-key"), &headers, body).await?;
             self.endpoint.finish(reply, classify_error, |value| parse_response_for(request, value))
         })
     }

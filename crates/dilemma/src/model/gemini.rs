@@ -81,7 +81,7 @@ impl ChatModel for GeminiModel {
     fn chat<'a>(&'a self, request: &'a ChatRequest, _context: &'a CallContext) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(async move {
             let body = request_body(request, &self.model);
-            let reply = self.endpoint.post_json(&self.url(), Auth::Header("x-goog-api-key"), &[], &body).await?;
+            let reply = self.endpoint.post_json(&self.url(), Auth::Header("x-goog-api-key"), &[], body).await?;
             self.endpoint.finish(reply, classify_error, parse_response)
         })
     }

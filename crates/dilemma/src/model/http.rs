@@ -336,14 +336,25 @@ impl Endpoint {
 
     /// POSTs `body` to `url` and reads the whole reply. Fails only when no complete HTTP reply
     /// came back (connect, reset, cut-off body): those are `Transient`.
+    ///
+    /// Takes the body by value and serialises it before the first await: a `Value` tree of a
+    /// long conversation is several times its text, and hundreds of calls wait on replies at
+    /// once, so only the bytes may stay alive while waiting.
     pub(crate) async fn post_json(
         &self,
         url: &str,
         auth: Auth,
         headers: &[(&'static str, &'static str)],
-        body: &Value,
+        body: Value,
     ) -> Result<HttpReply, ModelError> {
-        let mut request = self.client.post(url).json(body);
+        let bytes = serde_json::to_vec(&body)
+            .map_err(|error| ModelError::fatal(format!("cannot encode the request for {}: {error}", self.id)))?;
+        drop(body);
+        let mut request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -99,7 +99,7 @@ impl ChatModel for OpenAiModel {
             if self.tool_choice_auto && body.get("tool_choice").is_some() {
                 body["tool_choice"] = Value::from("auto");
             }
-            let reply = self.endpoint.post_json(&self.url(), Auth::Bearer, &[], &body).await?;
+            let reply = self.endpoint.post_json(&self.url(), Auth::Bearer, &[], body).await?;
             self.endpoint.finish(reply, classify_error, parse_response)
         })
     }

@@ -333,7 +333,7 @@ mod tests {
         let ask = |texts: &[&str], call_index: u32| {
             let request = ChatRequest {
                 messages: texts.iter().map(|text| crate::chat::Message::user(*text)).collect(),
-                tools: Vec::new(),
+                tools: Default::default(),
                 output: OutputFormat::Text,
                 sampling: crate::chat::Sampling::default(),
             };

@@ -102,7 +102,7 @@ pub async fn judge(model: &Model, spec: &JudgeSpec, transcript: &Transcript, tri
     for attempt in 0..2u32 {
         let request = ChatRequest {
             messages: messages.clone(),
-            tools: Vec::new(),
+            tools: Default::default(),
             output: OutputFormat::JsonSchema(answer_schema()),
             sampling: Sampling { temperature: 0.0, max_tokens: 512, seed: Some(seed + u64::from(attempt)) },
         };

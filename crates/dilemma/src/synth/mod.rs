@@ -756,7 +756,7 @@ impl Synthesizer {
             }
             let request = ChatRequest {
                 messages: vec![Message::system(spec.system.clone()), Message::user(user)],
-                tools: Vec::new(),
+                tools: Default::default(),
                 output: OutputFormat::JsonSchema(spec.schema.clone()),
                 sampling: self.synthesizer_sampling(&attempt.key, stage, round),
             };
@@ -817,7 +817,7 @@ impl Synthesizer {
                                 format!("{}\n\nThe draft to review:\n{}", spec.judge_context, checked.review)
                             }),
                         ],
-                        tools: Vec::new(),
+                        tools: Default::default(),
                         output: OutputFormat::JsonSchema(prompts::judgement_schema()),
                         sampling: Sampling {
                             temperature: self.config.judge_temperature,

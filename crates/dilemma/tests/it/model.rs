@@ -49,7 +49,7 @@ impl ChatModel for Flaky {
 fn request(text: &str) -> ChatRequest {
     ChatRequest {
         messages: vec![dilemma::chat::Message::user(text)],
-        tools: Vec::new(),
+        tools: Default::default(),
         output: OutputFormat::Text,
         sampling: Sampling { temperature: 0.0, max_tokens: 16, seed: Some(7) },
     }
