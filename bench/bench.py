@@ -433,7 +433,7 @@ CAUSES = {
         "cores than the two processes keep busy the same run is latency-bound."
     ),
     "w1_rss": (
-        "heaptrack at 1,000 trials / 1,000 concurrent (bench/README: `heaptrack target/release/dilemma run ...`) "
+        "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) "
         "puts the heap's peak at about 89 MB, spread thin: hyper's per-connection state is about 27 KB for each of "
         "the 1,000 open connections (an 8 KB read buffer, the dispatch channel and the write buffer; reqwest does "
         "not let a client size them), and each trial in flight holds its conversation (history and the request "
