@@ -186,17 +186,19 @@ mock_http() {
     if [[ $# -gt 1 ]]; then curl -fsS -X POST "$MOCK_URL$1"; else curl -fsS "$MOCK_URL$1"; fi
 }
 
-# Rows in a store's response cache, read-only so that reading does not checkpoint the WAL
+# Answers in a store's response cache (its own table, and those that moved into a finished
+# trial's archive: archived_responses), read-only so that reading does not checkpoint the WAL
 # the killed process left behind (the restarted run must find the store as the kill left it).
 cache_rows() {
     python3 - "$1" <<'PY'
 import sqlite3, sys
+COUNT = "SELECT (SELECT count(*) FROM response_cache) + (SELECT count(*) FROM archived_responses)"
 try:
     connection = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-    rows = connection.execute("SELECT count(*) FROM response_cache").fetchone()[0]
+    rows = connection.execute(COUNT).fetchone()[0]
 except sqlite3.OperationalError:
     # A WAL store without its -shm file cannot be opened read-only; nothing is pending then.
-    rows = sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM response_cache").fetchone()[0]
+    rows = sqlite3.connect(sys.argv[1]).execute(COUNT).fetchone()[0]
 print(rows)
 PY
 }
@@ -241,7 +243,8 @@ if [[ -z "$EPOCHS" ]]; then
     set_args calibrate "$TMP/calibrate.sqlite" 1
     "$DILEMMA" "${ARGS[@]}" >"$TMP/calibrate.log" 2>&1 \
         || fail "the 1-epoch calibration run failed: $(tail -n 5 "$TMP/calibrate.log")"
-    CALLS_PER_EPOCH=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM model_calls").fetchone()[0])' "$TMP/calibrate.sqlite")
+    # Finished trials keep their calls in trial_archives (one compressed record per trial).
+    CALLS_PER_EPOCH=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT (SELECT count(*) FROM model_calls) + (SELECT coalesce(sum(calls), 0) FROM trial_archives)").fetchone()[0])' "$TMP/calibrate.sqlite")
     (( CALLS_PER_EPOCH > 0 )) || fail "the calibration run made no model calls"
     # epochs >= 1.25 × Σdelays × C / (L × calls per epoch), and at least 4.
     EPOCHS=$(( (125 * DELAY_SUM_MS * CONCURRENCY + 100 * LATENCY_MS * CALLS_PER_EPOCH - 1) / (100 * LATENCY_MS * CALLS_PER_EPOCH) ))
@@ -311,7 +314,7 @@ echo "crash-test: $KILLS kills in ${LOOP_SECONDS} s, then the resumed run finish
 # Assertions and summary
 # ---------------------------------------------------------------------------------------------
 python3 - "$TMP" "$KILLS" "$PLANNED" "$CONCURRENCY" <<'PY' || { FAILED=1; exit 1; }
-import json, re, sqlite3, sys
+import json, re, sqlite3, sys, zlib
 from pathlib import Path
 
 tmp, kills, planned, concurrency = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -341,10 +344,19 @@ def results(db, run):
         tools = [tool["tool"] for tool in json.loads(tools)] if tools else None
         trials[normal(key)] = dict(key=key, status=status, outcome_status=outcome_status, klass=klass,
                                    turns=turns, tools=tools, turn_indices=[], calls=[])
+    def entry(key):
+        return trials.setdefault(normal(key), dict(key=key, status="missing", turns=None, turn_indices=[], calls=[]))
+    # Journal rows (trials that were running) and archives (finished trials: their journal
+    # rows compacted into one zlib-compressed JSON record, see crates/dilemma/src/store/archive.rs).
     for key, index in db.execute("SELECT trial_key, turn_index FROM turns WHERE run_id = ? ORDER BY trial_key, turn_index", (run,)):
-        trials.setdefault(normal(key), dict(key=key, status="missing", turns=None, turn_indices=[], calls=[]))["turn_indices"].append(index)
+        entry(key)["turn_indices"].append(index)
     for key, index, seq in db.execute("SELECT trial_key, turn_index, seq FROM model_calls WHERE run_id = ?", (run,)):
-        trials.setdefault(normal(key), dict(key=key, status="missing", turns=None, turn_indices=[], calls=[]))["calls"].append((index, seq))
+        entry(key)["calls"].append((index, seq))
+    for key, body in db.execute("SELECT trial_key, body FROM trial_archives WHERE run_id = ?", (run,)):
+        archive = json.loads(zlib.decompress(body))
+        entry(key)["turn_indices"].extend(turn["index"] for turn in archive["turns"])
+        entry(key)["calls"].extend((call["turn"], call["seq"]) for call in archive["calls"])
+        entry(key)["cached"] = sum(1 for call in archive["calls"] if call.get("cached"))
     return trials, len(rows)
 
 ref_db, crash_db = connect("ref.sqlite"), connect("crash.sqlite")
@@ -436,8 +448,10 @@ check(extra <= never_received <= kills * concurrency,
       f"{extra} extra answers, {never_received} answers never received, bound kills × concurrency = {kills * concurrency}")
 requested_unanswered = final["requests"] - final["answered"]
 
-turns = crash_db.execute("SELECT count(*) FROM turns WHERE run_id = 'crash'").fetchone()[0]
-calls, cached = crash_db.execute("SELECT count(*), coalesce(sum(cached), 0) FROM model_calls WHERE run_id = 'crash'").fetchone()
+turns = sum(len(trial["turn_indices"]) for trial in crash.values())
+calls = sum(len(trial["calls"]) for trial in crash.values())
+cached = crash_db.execute("SELECT coalesce(sum(cached), 0) FROM model_calls WHERE run_id = 'crash'").fetchone()[0] \
+    + sum(trial.get("cached", 0) for trial in crash.values())
 print(f"crash-test summary: {kills} kills; {crash_rows} trials ({planned} planned), {turns} turns, {calls} model calls "
       f"of which {cached} replayed from the cache")
 print(f"  requests to the mock: crash run {final['requests']} ({final['answered']} answered, "

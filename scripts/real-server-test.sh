@@ -188,7 +188,7 @@ for protocol in $PROTOCOLS; do
 done
 
 python3 - "$STORE" "$TMP" "$EPOCHS" $PROTOCOLS <<'PY'
-import json, sqlite3, sys
+import json, sqlite3, sys, zlib
 
 store, tmp, epochs, protocols = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 db = sqlite3.connect(store)
@@ -214,12 +214,20 @@ for protocol in protocols:
     if valid + perr + ierr != finished:
         failures.append(f"{protocol}: valid {valid} + protocol errors {perr} + infrastructure errors {ierr} != finished {finished}")
 
+    # A finished trial's calls live in its archive: one zlib-compressed JSON record with every
+    # call's response inline (crates/dilemma/src/store/archive.rs). Calls of trials that did
+    # not finish are still journal rows, their responses possibly in the response cache.
     rows = db.execute(
-        # A response the response cache holds is stored there once (model_calls.cache_key).
         "SELECT m.trial_key, m.turn_index, m.seq, COALESCE(m.response, c.response), m.error FROM model_calls m "
         "LEFT JOIN response_cache c ON m.response IS NULL AND c.key = m.cache_key WHERE m.run_id = ? ORDER BY m.id",
         (run_id,),
     ).fetchall()
+    for key, body in db.execute("SELECT trial_key, body FROM trial_archives WHERE run_id = ?", (run_id,)):
+        for call in json.loads(zlib.decompress(body))["calls"]:
+            response, error = call.get("response"), call.get("error")
+            rows.append((key, call["turn"], call["seq"],
+                         None if response is None else json.dumps(response),
+                         None if error is None else json.dumps(error)))
     with_raw, with_error, sample_raw, first_error = 0, 0, None, None
     for key, turn, seq, response, error in rows:
         where = f"{protocol}: call {key} turn {turn} seq {seq}"

@@ -545,6 +545,10 @@ pub async fn execute(
     let counts = store.trials(&run_id)?;
     let complete = counts.iter().all(|trial| trial.outcome.is_some());
     store.set_run_status(&run_id, if complete { "finished" } else { "stopped" })?;
+    // The journal rows of archived trials left pages free; give them back to the disk.
+    if let Err(error) = store.release_free_pages() {
+        tracing::warn!(%error, "could not release the store's free pages");
+    }
     if let Some(error) = first_error {
         return Err(error);
     }

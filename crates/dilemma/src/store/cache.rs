@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use crate::chat::ChatResponse;
@@ -61,9 +61,7 @@ impl StoreCache {
     /// How many responses the cache holds.
     pub fn len(&self) -> u64 {
         let connection = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        connection
-            .query_row("SELECT COUNT(*) FROM response_cache", [], |row| row.get::<_, i64>(0))
-            .map_or(0, |count| count.max(0) as u64)
+        super::archive::cached_responses(&connection).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,10 +82,7 @@ impl Drop for StoreCache {
 impl ResponseCache for StoreCache {
     fn get(&self, key: &str) -> Option<ChatResponse> {
         let connection = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let text: Option<String> = connection
-            .prepare_cached("SELECT response FROM response_cache WHERE key = ?1")
-            .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
-            .unwrap_or_else(|error| {
+        let text: Option<String> = super::archive::cached_response(&connection, key).unwrap_or_else(|error| {
                 tracing::warn!(%error, "response cache lookup failed; calling the model");
                 None
             });

@@ -7,8 +7,9 @@
 //! - `inherited_messages`: how many leading messages equal those of the same trial's previous
 //!   call in the same role (a common prefix, checked message by message, so a re-ask that
 //!   sent other messages simply inherits fewer);
-//! - the rest of the request as JSON, where a long message content and the tool list are
-//!   replaced by the hash of a row in `texts`, which holds each distinct text once.
+//! - the rest of the request as JSON, where a long message content, the tool list and a
+//!   long output format (a JSON schema) are replaced by the hash of a row in `texts`, which
+//!   holds each distinct text once.
 //!
 //! Reading walks a trial's calls in order and rebuilds every request exactly (tested in
 //! `tests/it/run.rs` by comparing the stored transcript with the one the trial returned).
@@ -16,7 +17,9 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::chat::{ChatRequest, Message};
+use serde::Serialize;
+
+use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, Speaker, ToolCall};
 use crate::store::StoreError;
 
 /// Stored requests: 1 is the ChatRequest as JSON (stores written before migration 004).
@@ -40,7 +43,31 @@ pub(super) fn digest(bytes: &[u8]) -> Digest128 {
 
 /// The digest of each message, to find the prefix a call shares with the previous one.
 pub(super) fn message_digests(messages: &[Message]) -> Vec<Digest128> {
-    messages.iter().map(|message| digest(&serde_json::to_vec(message).unwrap_or_default())).collect()
+    messages
+        .iter()
+        .map(|message| {
+            let mut hasher = HashWriter(Sha256::new());
+            // Serialising into the hasher cannot fail: `HashWriter` never does.
+            let _ = serde_json::to_writer(&mut hasher, message);
+            let mut short = [0u8; 16];
+            short.copy_from_slice(&hasher.0.finalize()[..16]);
+            short
+        })
+        .collect()
+}
+
+/// Feeds serialised bytes straight into a hasher, without building the text first.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How many leading messages two calls share.
@@ -48,30 +75,72 @@ pub(super) fn common_prefix(previous: &[Digest128], current: &[Digest128]) -> us
     previous.iter().zip(current).take_while(|(left, right)| left == right).count()
 }
 
+/// A request as stored, borrowing from the request: written directly, so that storing a
+/// call never copies the conversation it inherits.
+#[derive(Serialize)]
+struct StoredRequest<'a> {
+    messages: Vec<StoredMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a OutputFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_text: Option<&'a str>,
+    sampling: &'a Sampling,
+}
+
+#[derive(Serialize)]
+struct StoredMessage<'a> {
+    speaker: &'a Speaker,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_text: Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: &'a [ToolCall],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: &'a Option<String>,
+}
+
 /// The stored JSON of `request` without its first `inherited` messages. `share` stores a
-/// text in `texts` (if it is not there) and returns its reference.
+/// text in `texts` (if it is not there) and returns its reference; `tools` and `output` are
+/// the references of the request's tool list and output format when they are shared (the
+/// caller keeps them per scenario, so they are serialised and hashed once, not per call).
 pub(super) fn encode_request(
     request: &ChatRequest,
     inherited: usize,
+    tools: Option<&str>,
+    output: Option<&str>,
     mut share: impl FnMut(&str) -> Result<String, StoreError>,
 ) -> Result<String, StoreError> {
-    let Value::Object(mut stored) = serde_json::to_value(request)? else {
-        return Ok(serde_json::to_string(request)?);
+    // Destructured in full, so that a new field of `ChatRequest` cannot be left out here.
+    let ChatRequest { messages, tools: _, output: output_format, sampling } = request;
+    let mut stored = Vec::with_capacity(messages.len().saturating_sub(inherited));
+    for message in messages.iter().skip(inherited) {
+        let Message { speaker, content, tool_calls, tool_call_id } = message;
+        let shared = content.len() >= SHARED_TEXT_MIN;
+        stored.push(StoredMessage {
+            speaker,
+            content: (!shared).then_some(content.as_str()),
+            content_text: if shared { Some(share(content)?) } else { None },
+            tool_calls,
+            tool_call_id,
+        });
+    }
+    let view = StoredRequest {
+        messages: stored,
+        tools_text: tools,
+        output: if output.is_none() { Some(output_format) } else { None },
+        output_text: output,
+        sampling,
     };
-    let mut messages = Vec::with_capacity(request.messages.len().saturating_sub(inherited));
-    for message in request.messages.iter().skip(inherited) {
-        let Value::Object(mut fields) = serde_json::to_value(message)? else { continue };
-        if message.content.len() >= SHARED_TEXT_MIN {
-            fields.remove("content");
-            fields.insert("content_text".into(), Value::String(share(&message.content)?));
-        }
-        messages.push(Value::Object(fields));
-    }
-    stored.insert("messages".into(), Value::Array(messages));
-    if let Some(tools) = stored.remove("tools") {
-        stored.insert("tools_text".into(), Value::String(share(&tools.to_string())?));
-    }
-    Ok(Value::Object(stored).to_string())
+    Ok(serde_json::to_string(&view)?)
+}
+
+/// The text a tool list or an output format is shared as, when it is long enough to be.
+pub(super) fn shared_form<T: Serialize + ?Sized>(value: &T) -> Result<Option<String>, StoreError> {
+    let text = serde_json::to_string(value)?;
+    Ok((text.len() >= SHARED_TEXT_MIN).then_some(text))
 }
 
 /// Rebuilds a request stored by [`encode_request`]: `previous` is the full message list of
@@ -104,6 +173,9 @@ pub(super) fn decode_request(
     stored.insert("messages".into(), Value::Array(messages));
     if let Some(Value::String(reference)) = stored.remove("tools_text") {
         stored.insert("tools".into(), serde_json::from_str(&text(&reference)?)?);
+    }
+    if let Some(Value::String(reference)) = stored.remove("output_text") {
+        stored.insert("output".into(), serde_json::from_str(&text(&reference)?)?);
     }
     Ok(serde_json::from_value(Value::Object(stored))?)
 }

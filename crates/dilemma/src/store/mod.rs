@@ -11,10 +11,12 @@
 //!   and cached answers that queued up meanwhile into one transaction ([`Store::begin_group`]),
 //!   and acknowledges an outcome only after the commit that holds it;
 //! - a trial's outcome is committed in one transaction that flips it to `finished`, guarded
-//!   by `status <> 'finished'`, so a trial can never be finished twice;
+//!   by `status <> 'finished'`, so a trial can never be finished twice; the same transaction
+//!   compacts the trial's journal rows into one compressed archive (`archive`);
 //! - resuming a run deletes the partial turns and calls of trials that were not finished
 //!   and runs them again from the start.
 
+mod archive;
 mod cache;
 mod calls;
 
@@ -36,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_response_cache.sql"),
     include_str!("migrations/003_synthesis.sql"),
     include_str!("migrations/004_compact_calls.sql"),
+    include_str!("migrations/005_trial_archives.sql"),
 ];
 
 /// A store failure.
@@ -57,6 +60,8 @@ pub enum StoreError {
     AlreadyFinished { run: String, trial: String },
     #[error("the store refers to a shared text {0} it does not hold; the file is damaged")]
     MissingText(String),
+    #[error("a trial archive could not be (un)compressed: {0}")]
+    Archive(std::io::Error),
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
     #[error(
@@ -159,6 +164,9 @@ pub struct Store {
     sent: HashMap<String, HashMap<ModelRole, Vec<calls::Digest128>>>,
     /// Texts this connection has put into `texts`, so each is inserted once.
     shared_texts: HashSet<calls::Digest128>,
+    /// Tool lists seen, by address (each kept alive here so the address stays its own), with
+    /// their reference in `texts`.
+    tool_lists: HashMap<usize, (std::sync::Arc<[crate::chat::ToolSpec]>, Option<String>)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -176,7 +184,7 @@ impl Store {
             let _ = std::fs::create_dir_all(parent);
         }
         let connection = Connection::open(path).map_err(|source| StoreError::Sqlite { path: shown.clone(), source })?;
-        let mut store = Store { connection, path: shown, sent: HashMap::new(), shared_texts: HashSet::new() };
+        let mut store = Store { connection, path: shown, sent: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
         store.configure()?;
         Ok(store)
     }
@@ -185,7 +193,7 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let connection =
             Connection::open_in_memory().map_err(|source| StoreError::Sqlite { path: ":memory:".into(), source })?;
-        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), shared_texts: HashSet::new() };
+        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
         store.configure()?;
         Ok(store)
     }
@@ -195,14 +203,24 @@ impl Store {
     }
 
     fn configure(&mut self) -> Result<(), StoreError> {
+        // A new file returns the pages that archived journal rows leave free when asked
+        // (`release_free_pages`); this can only be chosen before the first table exists.
+        let tables: i64 = self.sql(self.connection.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0)))?;
+        if tables == 0 {
+            let incremental = self.connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;");
+            self.sql(incremental)?;
+        }
         // WAL: readers (report, viewer) never block the writer; NORMAL sync is durable across
         // process crashes (kill -9), which is the failure we design for.
         let pragmas = self.connection.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
         );
         self.sql(pragmas)?;
         let waits = self.connection.busy_handler(Some(wait_for_lock));
         self.sql(waits)?;
+        // The writer's statements (journal, outcome, archive, groups and savepoints) are more
+        // than rusqlite's default 16; a smaller cache would parse them over and over.
+        self.connection.set_prepared_statement_cache_capacity(64);
         let version: i64 = self.sql(self.connection.query_row("PRAGMA user_version", [], |row| row.get(0)))?;
         let version = usize::try_from(version).unwrap_or(0);
         if version > MIGRATIONS.len() {
@@ -245,6 +263,14 @@ impl Store {
             }
             Some(_) => {
                 if retry_errors {
+                    let retried: Vec<String> = transaction
+                        .prepare("SELECT key FROM trials WHERE run_id = ?1 AND status = 'finished' AND outcome_status = 'infrastructure_error'")
+                        .and_then(|mut statement| statement.query_map([&run.id], |row| row.get(0))?.collect())
+                        .map_err(sql)?;
+                    for key in &retried {
+                        // The cache keeps what was answered: it takes its copies back first.
+                        archive::unarchive(&transaction, &path, &run.id, key, false)?;
+                    }
                     transaction
                         .execute("UPDATE trials SET status = 'running' WHERE run_id = ?1 AND status = 'finished' AND outcome_status = 'infrastructure_error'", [&run.id])
                         .map_err(sql)?;
@@ -332,18 +358,19 @@ impl Store {
     /// writer that has many turns queued pays for one commit. Each write inside keeps its own
     /// all-or-nothing savepoint.
     pub fn begin_group(&mut self) -> Result<(), StoreError> {
-        self.sql(self.connection.execute_batch("BEGIN IMMEDIATE"))
+        self.sql(self.connection.prepare_cached("BEGIN IMMEDIATE").and_then(|mut statement| statement.execute([])).map(drop))
     }
 
     /// Commits the group [`Store::begin_group`] opened (rolling it back if the commit fails).
     pub fn commit_group(&mut self) -> Result<(), StoreError> {
-        let committed = self.connection.execute_batch("COMMIT");
+        let committed = self.connection.prepare_cached("COMMIT").and_then(|mut statement| statement.execute([])).map(drop);
         if committed.is_err() && !self.connection.is_autocommit() {
             let _ = self.connection.execute_batch("ROLLBACK");
         }
         if committed.is_err() {
             // What this connection believed it had written may be gone.
             self.shared_texts.clear();
+            self.tool_lists.clear();
             self.sent.clear();
         }
         self.sql(committed)
@@ -357,66 +384,88 @@ impl Store {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
         let mut sent = self.sent.get(trial).cloned().unwrap_or_default();
-        let savepoint = self.connection.savepoint().map_err(sql)?;
-        savepoint
-            .prepare_cached(
-                "INSERT INTO turns (run_id, trial_key, turn_index, body, recorded_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
-            )
-            .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body]))
-            .map_err(sql)?;
         let mut new_texts = Vec::new();
-        {
-            let mut insert = savepoint
-                .prepare_cached("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, cached, recorded_at, request_format, inherited_messages, cache_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, datetime('now'), ?15, ?16, ?17)")
+        let shared_texts = &self.shared_texts;
+        let tool_lists = &mut self.tool_lists;
+        atomically(&self.connection, &self.path, |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO turns (run_id, trial_key, turn_index, body, recorded_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
+                )
+                .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body]))
                 .map_err(sql)?;
-            let mut share_text = savepoint
-                .prepare_cached("INSERT OR IGNORE INTO texts (hash, body) VALUES (?1, ?2)")
-                .map_err(sql)?;
-            for (seq, call) in turn.calls.iter().enumerate() {
-                let cache_key = call.cache_key.as_deref().filter(|_| call.result.is_ok());
-                let (response, error) = match &call.result {
-                    Ok(_) if cache_key.is_some() => (None, None),
-                    Ok(response) => (Some(serde_json::to_string(response)?), None),
-                    Err(error) => (None, Some(serde_json::to_string(error)?)),
-                };
-                let digests = calls::message_digests(&call.request.messages);
-                let previous = sent.get(&call.role).map_or(&[][..], Vec::as_slice);
-                let inherited = calls::common_prefix(previous, &digests);
-                let request = calls::encode_request(&call.request, inherited, |text| {
-                    let hash = calls::digest(text.as_bytes());
-                    let reference = hex::encode(hash);
-                    if !self.shared_texts.contains(&hash) {
-                        share_text.execute(params![reference, text]).map_err(sql)?;
-                        new_texts.push(hash);
-                    }
-                    Ok(reference)
-                })?;
-                let usage = call.usage();
-                insert
-                    .execute(params![
-                        run,
-                        trial,
-                        turn.index,
-                        seq as i64,
-                        call.role.as_str(),
-                        call.model,
-                        request,
-                        response,
-                        error,
-                        sql_int(usage.prompt_tokens),
-                        sql_int(usage.completion_tokens),
-                        sql_int(call.latency_ms),
-                        serde_json::to_string(&call.failed_attempts)?,
-                        call.cached,
-                        calls::FORMAT_COMPACT,
-                        inherited as i64,
-                        cache_key,
-                    ])
+            {
+                let mut insert = connection
+                    .prepare_cached("INSERT INTO model_calls (run_id, trial_key, turn_index, seq, role, model, request, response, error, prompt_tokens, completion_tokens, latency_ms, failed_attempts, cached, recorded_at, request_format, inherited_messages, cache_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, datetime('now'), ?15, ?16, ?17)")
                     .map_err(sql)?;
-                sent.insert(call.role, digests);
+                let mut share_text = connection
+                    .prepare_cached("INSERT OR IGNORE INTO texts (hash, body) VALUES (?1, ?2)")
+                    .map_err(sql)?;
+                for (seq, call) in turn.calls.iter().enumerate() {
+                    let cache_key = call.cache_key.as_deref().filter(|_| call.result.is_ok());
+                    let (response, error) = match &call.result {
+                        Ok(_) if cache_key.is_some() => (None, None),
+                        Ok(response) => (Some(serde_json::to_string(response)?), None),
+                        Err(error) => (None, Some(serde_json::to_string(error)?)),
+                    };
+                    let digests = calls::message_digests(&call.request.messages);
+                    let previous = sent.get(&call.role).map_or(&[][..], Vec::as_slice);
+                    let inherited = calls::common_prefix(previous, &digests);
+                    let mut share = |text: &str| -> Result<String, StoreError> {
+                        let hash = calls::digest(text.as_bytes());
+                        let reference = hex::encode(hash);
+                        if !shared_texts.contains(&hash) && !new_texts.contains(&hash) {
+                            share_text.execute(params![reference, text]).map_err(sql)?;
+                            new_texts.push(hash);
+                        }
+                        Ok(reference)
+                    };
+                    // A scenario's tool list is one shared allocation: serialise and hash it
+                    // once per list, not once per call.
+                    let tools = &call.request.tools;
+                    let tools_reference = match tool_lists.get(&(tools.as_ptr() as usize)) {
+                        Some((_, reference)) => reference.clone(),
+                        None => {
+                            let reference = calls::shared_form(&**tools)?.map(|text| share(&text)).transpose()?;
+                            tool_lists.insert(tools.as_ptr() as usize, (tools.clone(), reference.clone()));
+                            reference
+                        }
+                    };
+                    let output_reference = calls::shared_form(&call.request.output)?.map(|text| share(&text)).transpose()?;
+                    let request = calls::encode_request(
+                        &call.request,
+                        inherited,
+                        tools_reference.as_deref().filter(|_| !tools.is_empty()),
+                        output_reference.as_deref(),
+                        share,
+                    )?;
+                    let usage = call.usage();
+                    insert
+                        .execute(params![
+                            run,
+                            trial,
+                            turn.index,
+                            seq as i64,
+                            call.role.as_str(),
+                            call.model,
+                            request,
+                            response,
+                            error,
+                            sql_int(usage.prompt_tokens),
+                            sql_int(usage.completion_tokens),
+                            sql_int(call.latency_ms),
+                            serde_json::to_string(&call.failed_attempts)?,
+                            call.cached,
+                            calls::FORMAT_COMPACT,
+                            inherited as i64,
+                            cache_key,
+                        ])
+                        .map_err(sql)?;
+                    sent.insert(call.role, digests);
+                }
             }
-        }
-        savepoint.commit().map_err(sql)?;
+            Ok(())
+        })?;
         self.shared_texts.extend(new_texts);
         self.sent.insert(trial.to_owned(), sent);
         Ok(())
@@ -426,11 +475,18 @@ impl Store {
     pub fn finish_trial(&mut self, run: &str, trial: &str, outcome: &Outcome) -> Result<(), StoreError> {
         let class = outcome.class.map(|class| class.as_str());
         let outcome_json = serde_json::to_string(outcome)?;
-        let changed = self.sql(
-            self.connection
-                .prepare_cached("UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'")
-                .and_then(|mut statement| statement.execute(params![run, trial, outcome_json, outcome.status.as_str(), class])),
-        )?;
+        let changed = atomically(&self.connection, &self.path, |connection| {
+            let finish = || -> rusqlite::Result<usize> {
+                let changed = connection
+                    .prepare_cached("UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'")?
+                    .execute(params![run, trial, outcome_json, outcome.status.as_str(), class])?;
+                if changed > 0 {
+                    archive::archive_trial(connection, run, trial)?;
+                }
+                Ok(changed)
+            };
+            finish().map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+        })?;
         self.sent.remove(trial);
         if changed == 0 {
             return Err(self.missing_or_finished(run, trial));
@@ -527,6 +583,9 @@ impl Store {
 
     /// The stored transcript of a trial: turns with their model calls.
     pub fn transcript(&self, run: &str, trial: &str) -> Result<Vec<Turn>, StoreError> {
+        if let Some((_, archived)) = archive::load(&self.connection, &self.path, run, trial)? {
+            return self.archived_transcript(archived);
+        }
         let mut turns: Vec<Turn> = {
             let mut statement = self.sql(
                 self.connection.prepare("SELECT body FROM turns WHERE run_id = ?1 AND trial_key = ?2 ORDER BY turn_index"),
@@ -572,6 +631,11 @@ impl Store {
                 |reference| self.shared_text(reference),
             )?;
             previous.insert(role, request.messages.clone());
+            let response = match (response, &error, &cache_key) {
+                // The cache entry's response has moved into a finished trial's archive.
+                (None, None, Some(key)) => self.sql(archive::cached_response(&self.connection, key))?,
+                (response, _, _) => response,
+            };
             let result = match (response, error) {
                 (Some(response), _) => Ok(serde_json::from_str(&response)?),
                 (None, Some(error)) => Err(serde_json::from_str(&error)?),
@@ -600,6 +664,13 @@ impl Store {
     #[doc(hidden)]
     pub fn simulate_crash(&mut self, run: &str, trial: &str, mid_trial: bool) -> Result<(), StoreError> {
         let (status, keep_turns) = if mid_trial { ("running", 1) } else { ("planned", 0) };
+        {
+            let path = self.path.clone();
+            let sql = |source| StoreError::Sqlite { path: path.clone(), source };
+            let transaction = self.connection.transaction().map_err(sql)?;
+            archive::unarchive(&transaction, &path, run, trial, true)?;
+            transaction.commit().map_err(sql)?;
+        }
         let result = self.connection.execute_batch("BEGIN").and_then(|()| {
             self.connection.execute("DELETE FROM model_calls WHERE run_id = ?1 AND trial_key = ?2 AND turn_index > ?3", params![run, trial, keep_turns])?;
             self.connection.execute("DELETE FROM turns WHERE run_id = ?1 AND trial_key = ?2 AND turn_index > ?3", params![run, trial, keep_turns])?;
@@ -612,7 +683,8 @@ impl Store {
         self.sql(result)
     }
 
-    /// Counts rows per table for a run (used by tests and `dilemma runs --verbose`).
+    /// Counts a run's trials, turns and model calls, journaled or archived (used by tests and
+    /// `dilemma runs --verbose`).
     pub fn row_counts(&self, run: &str) -> Result<(u64, u64, u64), StoreError> {
         let count = |table: &str, column: &str| -> Result<u64, StoreError> {
             self.sql(self.connection.query_row(
@@ -621,7 +693,18 @@ impl Store {
                 |row| row.get::<_, i64>(0).map(|count| count.max(0) as u64),
             ))
         };
-        Ok((count("trials", "run_id")?, count("turns", "run_id")?, count("model_calls", "run_id")?))
+        let archived = |column: &str| -> Result<u64, StoreError> {
+            self.sql(self.connection.query_row(
+                &format!("SELECT COALESCE(SUM({column}), 0) FROM trial_archives WHERE run_id = ?1"),
+                [run],
+                |row| row.get::<_, i64>(0).map(|count| count.max(0) as u64),
+            ))
+        };
+        Ok((
+            count("trials", "run_id")?,
+            count("turns", "run_id")? + archived("turns")?,
+            count("model_calls", "run_id")? + archived("calls")?,
+        ))
     }
 
     /// Records a new synthesis batch.
@@ -759,6 +842,54 @@ impl Store {
 }
 
 impl Store {
+    fn archived_transcript(&self, archived: archive::Archive) -> Result<Vec<Turn>, StoreError> {
+        let mut turns: Vec<Turn> = archived.turns.iter().map(|turn| serde_json::from_str(turn.get())).collect::<Result<_, _>>()?;
+        let mut previous: HashMap<ModelRole, Vec<crate::chat::Message>> = HashMap::new();
+        for call in archived.calls {
+            let role: ModelRole = serde_json::from_value(serde_json::Value::String(call.role))?;
+            let request = calls::decode_request(
+                call.request.get(),
+                call.format,
+                call.inherited,
+                previous.get(&role).map_or(&[][..], Vec::as_slice),
+                |reference| self.shared_text(reference),
+            )?;
+            previous.insert(role, request.messages.clone());
+            let result = match (call.response, call.error) {
+                (Some(response), _) => Ok(serde_json::from_str(response.get())?),
+                (None, Some(error)) => Err(serde_json::from_str(error.get())?),
+                (None, None) => continue,
+            };
+            let failed_attempts = serde_json::from_str(call.failed_attempts.get())?;
+            let model_call = ModelCall {
+                role,
+                model: call.model,
+                request,
+                result,
+                failed_attempts,
+                latency_ms: call.latency_ms.max(0) as u64,
+                cached: call.cached,
+                cache_key: call.cache_key,
+            };
+            if let Some(turn) = turns.iter_mut().find(|turn| turn.index == call.turn) {
+                turn.calls.push(model_call);
+            }
+        }
+        Ok(turns)
+    }
+
+    /// Returns the pages that archived journal rows left free to the file system (stores
+    /// created since migration 005; a no-op for older ones). Called when a run ends.
+    pub fn release_free_pages(&mut self) -> Result<(), StoreError> {
+        // Each step of this pragma frees one page: step it to the end.
+        let released = self.connection.prepare("PRAGMA incremental_vacuum").and_then(|mut statement| {
+            let mut rows = statement.query([])?;
+            while rows.next()?.is_some() {}
+            Ok(())
+        });
+        self.sql(released)
+    }
+
     /// A text stored once in `texts`.
     fn shared_text(&self, reference: &str) -> Result<String, StoreError> {
         let text = self
@@ -799,6 +930,25 @@ impl Serialize for TurnBody<'_> {
             world_state: &turn.world_state,
         }
         .serialize(serializer)
+    }
+}
+
+/// Runs `write` all or nothing, inside a savepoint (within a writer's group or on its own).
+/// Written by hand rather than with rusqlite's `Savepoint`, which parses its `SAVEPOINT` and
+/// `RELEASE` statements on every use: a measurable share of a busy writer's time.
+fn atomically<T>(connection: &Connection, path: &str, write: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let run = |sql: &str| connection.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(drop);
+    run("SAVEPOINT write").map_err(|source| StoreError::Sqlite { path: path.to_owned(), source })?;
+    match write(connection) {
+        Ok(value) => {
+            run("RELEASE write").map_err(|source| StoreError::Sqlite { path: path.to_owned(), source })?;
+            Ok(value)
+        }
+        Err(error) => {
+            let _ = run("ROLLBACK TO write");
+            let _ = run("RELEASE write");
+            Err(error)
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use dilemma::model::{BoxFuture, CallContext, ChatModel, ModelError, ModelRole, R
 use dilemma::prompt::Protocol;
 use dilemma::run;
 use dilemma::store::{Store, StoreCache};
-use dilemma::trial::{Outcome, Transcript};
+use dilemma::trial::{Outcome, Transcript, Turn};
 use serde_json::json;
 
 use crate::support::{agent, loaded_tiny, play, run_config, scripted, tiny};
@@ -29,17 +29,30 @@ impl ChatModel for Cacheable {
     }
 }
 
-/// Stores `transcript` as the run's writer would and reads it back.
-fn round_trip(store: &mut Store, run_id: &str, transcript: &Transcript, outcome: &Outcome) -> Vec<dilemma::trial::Turn> {
+/// Plans a one-trial run and journals `transcript`'s turns as the run's writer would; returns
+/// the run's plan and the trial's key.
+fn journal(store: &mut Store, run_id: &str, transcript: &Transcript) -> (run::Plan, String) {
     let plan = run::plan(run_config(run_id, vec![loaded_tiny()], vec![agent(&[1])], 1, 1)).unwrap();
     store.create_or_resume_run(&plan.run, &plan.rows, false).unwrap();
-    let key = &plan.rows[0].key;
-    store.start_trial(run_id, key).unwrap();
+    let key = plan.rows[0].key.clone();
+    store.start_trial(run_id, &key).unwrap();
     for turn in &transcript.turns {
-        store.record_turn(run_id, key, turn).unwrap();
+        store.record_turn(run_id, &key, turn).unwrap();
     }
-    store.finish_trial(run_id, key, outcome).unwrap();
-    store.transcript(run_id, key).unwrap()
+    (plan, key)
+}
+
+/// Journals `transcript`, reads it back from the journal, finishes the trial (which archives
+/// it) and reads it back from the archive.
+fn round_trip(store: &mut Store, run_id: &str, transcript: &Transcript, outcome: &Outcome) -> (Vec<Turn>, Vec<Turn>) {
+    let (_, key) = journal(store, run_id, transcript);
+    let journaled = store.transcript(run_id, &key).unwrap();
+    store.finish_trial(run_id, &key, outcome).unwrap();
+    (journaled, store.transcript(run_id, &key).unwrap())
+}
+
+fn sql<T: rusqlite::types::FromSql>(path: &std::path::Path, query: &str) -> T {
+    rusqlite::Connection::open(path).unwrap().query_row(query, [], |row| row.get(0)).unwrap()
 }
 
 #[tokio::test]
@@ -57,35 +70,52 @@ async fn stored_transcripts_equal_the_trials_own_with_reasks_and_two_roles() {
     let (transcript, outcome) = play(tiny(), agent, Environment::Llm(environment), Protocol::Json).await;
     assert_eq!(transcript.turns[0].calls.len(), 3, "two agent calls and one environment call in turn 1");
     let mut store = Store::open_in_memory().unwrap();
-    let stored = round_trip(&mut store, "rt1", &transcript, &outcome);
-    assert_eq!(stored, transcript.turns);
+    let (journaled, archived) = round_trip(&mut store, "rt1", &transcript, &outcome);
+    assert_eq!(journaled, transcript.turns);
+    assert_eq!(archived, transcript.turns);
 
     // The native tools protocol: tool lists on the wire, tool results as messages.
     let (transcript, outcome) = play(tiny(), crate::support::agent(&[4, 5, 6]), Environment::Scripted, Protocol::Tools).await;
-    let stored = round_trip(&mut store, "rt2", &transcript, &outcome);
-    assert_eq!(stored, transcript.turns);
+    let (journaled, archived) = round_trip(&mut store, "rt2", &transcript, &outcome);
+    assert_eq!(journaled, transcript.turns);
+    assert_eq!(archived, transcript.turns);
+    assert_eq!(store.row_counts("rt2").unwrap(), (1, 3, 3), "archived turns and calls still count");
 }
 
+
 #[tokio::test]
-async fn requests_are_stored_once_not_once_per_turn() {
+async fn requests_are_stored_once_and_finished_trials_are_compacted() {
     // Four turns whose history grows every turn: stored naively the requests would hold the
     // opening four times and every tool result once per later turn.
     let (transcript, outcome) = play(tiny(), crate::support::agent(&[1, 2, 4, 6]), Environment::Scripted, Protocol::Tools).await;
     let sent: usize = transcript.turns.iter().flat_map(|turn| &turn.calls).map(|call| serde_json::to_string(&call.request).unwrap().len()).sum();
-    let folder = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&folder.path().join("s.sqlite")).unwrap();
-    let stored_turns = round_trip(&mut store, "rt3", &transcript, &outcome);
-    assert_eq!(stored_turns, transcript.turns);
-    drop(store);
-    let connection = rusqlite::Connection::open(folder.path().join("s.sqlite")).unwrap();
-    let (requests, texts): (i64, i64) = connection
-        .query_row("SELECT (SELECT SUM(LENGTH(request)) FROM model_calls), (SELECT SUM(LENGTH(body)) FROM texts)", [], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap();
     let first = serde_json::to_string(&transcript.turns[0].calls[0].request).unwrap().len();
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("s.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let (_, key) = journal(&mut store, "rt3", &transcript);
+    let requests: i64 = sql(&path, "SELECT SUM(LENGTH(request)) FROM model_calls");
+    let texts: i64 = sql(&path, "SELECT SUM(LENGTH(body)) FROM texts");
     assert!(
         ((requests + texts) as usize) < first + sent / 4,
-        "stored {requests} bytes of requests and {texts} of shared texts for {sent} bytes sent (first request {first})"
+        "journaled {requests} bytes of requests and {texts} of shared texts for {sent} bytes sent (first request {first})"
     );
+    let journal_bytes: i64 = sql(
+        &path,
+        "SELECT (SELECT SUM(LENGTH(request) + LENGTH(COALESCE(response, ''))) FROM model_calls) + (SELECT SUM(LENGTH(body)) FROM turns)",
+    );
+
+    // Finishing moves the journal rows into one compressed archive, and reading gives back
+    // exactly what the trial produced.
+    store.finish_trial("rt3", &key, &outcome).unwrap();
+    assert_eq!(store.transcript("rt3", &key).unwrap(), transcript.turns);
+    let rows: i64 = sql(&path, "SELECT (SELECT COUNT(*) FROM model_calls) + (SELECT COUNT(*) FROM turns)");
+    assert_eq!(rows, 0, "no journal rows are left for a finished trial");
+    let archive_bytes: i64 = sql(&path, "SELECT LENGTH(body) FROM trial_archives");
+    assert!(archive_bytes * 3 < journal_bytes, "the archive takes {archive_bytes} bytes for {journal_bytes} journaled");
+    drop(store);
+    let auto_vacuum: i64 = sql(&path, "PRAGMA auto_vacuum");
+    assert_eq!(auto_vacuum, 2, "a new store can give the archived rows' pages back (incremental)");
 }
 
 #[tokio::test]
@@ -94,23 +124,49 @@ async fn a_response_the_cache_holds_is_stored_once_and_read_back_through_it() {
     let path = folder.path().join("s.sqlite");
     let cache = Arc::new(StoreCache::open(&path).unwrap());
     let provider = dilemma::model::scripted::ScriptedModel::new("scripted:agent", vec![ScriptedReply::tool_id(6)]).unwrap();
-    let model = dilemma::model::Model::new(
-        Arc::new(Cacheable(provider)),
-        ModelRole::Agent,
-        dilemma::model::CallPolicy::default(),
-    )
-    .with_cache(cache.clone());
-    let (transcript, outcome) = play(tiny(), Arc::new(model), Environment::Scripted, Protocol::Json).await;
+    let model = dilemma::model::Model::new(Arc::new(Cacheable(provider)), ModelRole::Agent, dilemma::model::CallPolicy::default())
+        .with_cache(cache.clone());
+    let (transcript, _) = play(tiny(), Arc::new(model), Environment::Scripted, Protocol::Json).await;
     let call = &transcript.turns[0].calls[0];
+    let answer = call.result.clone().unwrap();
     let key = call.cache_key.clone().expect("the cache holds the answer before the call returns");
-    assert!(cache.get(&key).is_some());
+    assert_eq!(cache.get(&key), Some(answer.clone()));
+
+    // Journaled: the call's row refers to the cache instead of holding the response.
     let mut store = Store::open(&path).unwrap();
-    let stored = round_trip(&mut store, "rt4", &transcript, &outcome);
-    assert_eq!(stored, transcript.turns);
-    let connection = rusqlite::Connection::open(&path).unwrap();
-    let (response, cache_key): (Option<String>, Option<String>) = connection
+    let (plan, trial) = journal(&mut store, "rt4", &transcript);
+    let (response, cache_key): (Option<String>, Option<String>) = rusqlite::Connection::open(&path)
+        .unwrap()
         .query_row("SELECT response, cache_key FROM model_calls WHERE run_id = 'rt4'", [], |row| Ok((row.get(0)?, row.get(1)?)))
         .unwrap();
-    assert_eq!(response, None, "the response lives in the cache only");
-    assert_eq!(cache_key.as_deref(), Some(key.as_str()));
+    assert_eq!((response, cache_key.as_deref()), (None, Some(key.as_str())), "the response lives in the cache only");
+    assert_eq!(store.transcript("rt4", &trial).unwrap(), transcript.turns);
+
+    // Archived: the archive holds the response and the cache points into it.
+    let failed: Outcome = serde_json::from_value(json!({
+        "status": "infrastructure_error", "turns": 1, "tools": [], "cumulative_risk": 0, "usage": {}, "error": "the network went away"
+    }))
+    .unwrap();
+    store.finish_trial("rt4", &trial, &failed).unwrap();
+    let moved: (i64, i64) = (sql(&path, "SELECT COUNT(*) FROM response_cache"), sql(&path, "SELECT COUNT(*) FROM archived_responses"));
+    assert_eq!(moved, (0, 1), "the cache gave its copy to the archive");
+    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.get(&key), Some(answer.clone()), "a cache hit reads the archive");
+    assert_eq!(store.transcript("rt4", &trial).unwrap(), transcript.turns);
+
+    // Another run answered from the same cache entry: its journal and its own archive find
+    // the response in the first trial's archive.
+    let (_, again) = journal(&mut store, "rt5", &transcript);
+    assert_eq!(store.transcript("rt5", &again).unwrap(), transcript.turns);
+    store.finish_trial("rt5", &again, &failed).unwrap();
+    assert_eq!(store.transcript("rt5", &again).unwrap(), transcript.turns);
+
+    // Retrying the failed trial removes its archive; the cache takes its copy back first.
+    let start = store.create_or_resume_run(&plan.run, &plan.rows, true).unwrap();
+    assert_eq!(start.restarted, 1);
+    let archives: i64 = sql(&path, "SELECT COUNT(*) FROM trial_archives WHERE run_id = 'rt4'");
+    assert_eq!(archives, 0);
+    assert_eq!(cache.get(&key), Some(answer), "the cached answer survives the retry");
+    let archived: i64 = sql(&path, "SELECT COUNT(*) FROM archived_responses");
+    assert_eq!(archived, 0, "the answer is the cache's again");
 }
