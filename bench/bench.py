@@ -433,29 +433,28 @@ CAUSES = {
         "cores than the two processes keep busy the same run is latency-bound."
     ),
     "w1_rss": (
-        "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) "
-        "puts the heap's peak at about 89 MB, spread thin: hyper's per-connection state is about 27 KB for each of "
-        "the 1,000 open connections (an 8 KB read buffer, the dispatch channel and the write buffer; reqwest does "
-        "not let a client size them), and each trial in flight holds its conversation (history and the request "
-        "being sent, both needed until the reply arrives) and the parsed turns that scoring reads. Requests "
-        "are no longer kept per turn (the journal takes them), the wire body is serialised before the await "
-        "and the tool list is shared by every call of a scenario; what remains grows with concurrency at "
-        "roughly 90 KB per trial in flight."
+        "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
+        "heap's peak at about 82 MB: about 31 MB is hyper's state for the 1,000 open connections (about 31 KB "
+        "each: an 8 KB read buffer, the dispatch channel, the write buffer; reqwest does not let a client size "
+        "them), about 31 MB tokio tasks and timers with what they hold while a reply is awaited (each trial's "
+        "conversation and the request being sent, both needed until the reply arrives), the rest the parsed "
+        "turns that scoring reads. What the store added earlier is gone: requests are no longer kept per turn "
+        "(the journal takes them), the wire body is serialised before the await and the tool list is shared by "
+        "every call of a scenario. Below 60 MB at 1,000 connections needs a client with smaller per-connection "
+        "buffers or HTTP/2 multiplexing (one connection for many calls), which OpenAI-compatible servers such "
+        "as vLLM do not all speak."
     ),
     "w1_bytes": (
-        "Rows are stored one per turn and per call as uncompressed JSON: per trial about 3.1 KB of request "
-        "deltas (each call stores only the messages the previous call did not send; system prompt, opening and "
-        "tool list are stored once per store in `texts`), 4.2 KB of turn bodies, 5.0 KB of cached responses "
-        "(kept once, in `response_cache`, and referred to by key) and 1.0 KB of outcome, plus keys and "
-        "indexes. The rows of one trial repeat each other heavily: deflating a trial's rows as one document "
-        "gives about 1.9 KB (measured on a 200-trial store with Python's zlib), where Inspect's log compresses "
-        "each sample as one zip member. Meeting the target needs the same: compacting a finished trial's "
-        "journal rows into one compressed record."
+        "A finished trial is one zlib-compressed archive (store/archive.rs) and its cached answers point into "
+        "it; at about 2.3 KB an archive takes a 4 KB SQLite page of its own, so the file holds about 4 KB per "
+        "trial of archives, 1.5 KB of trial rows with their outcome JSON (kept uncompressed for reports), and "
+        "keys and indexes."
     ),
     "w1_cpu": (
-        "About a third of dilemma's CPU per call is the HTTP exchange (reqwest/hyper), a third JSON (encoding "
-        "the whole conversation for the wire and for the cache key, decoding the reply), and the rest SQLite "
-        "journaling on the writer threads."
+        "A profile (perf with DWARF call graphs, 1,000 trials / 500 concurrent) puts about 40% of dilemma's CPU "
+        "on the store's writer thread: journaling each turn (request deltas, turn bodies), compacting each "
+        "finished trial into its archive (reading its rows back, deflate), and the group commits' WAL writes; "
+        "the rest is the HTTP exchange and JSON on the async workers."
     ),
     "w1_startup": (
         "Before the first call a run validates the suite, opens the store twice (the run's connection and "
@@ -822,7 +821,16 @@ def main():
     parser.add_argument("--venv-seconds", type=float, help="how long creating the Inspect venv took (recorded)")
     parser.add_argument("--invocation", default="make bench")
     parser.add_argument("--keep", action="store_true", help="keep W4's 100k-trial store")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="only write the markdown again from a results file")
     arguments = parser.parse_args()
+    if arguments.render:
+        with open(arguments.render, encoding="utf-8") as handle:
+            results = json.load(handle)
+        out = arguments.out or os.path.join(ROOT, "BENCHMARKS.md")
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(render(results, results["config"]))
+        log(f"wrote {os.path.relpath(out, ROOT)} from {arguments.render}")
+        return 0
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 concurrent connections

@@ -1,7 +1,8 @@
 //! Writes synthetic trials into a store through the store's public write path, for the W4
 //! benchmark (bench/run.sh): the run and its planned trials in one transaction
 //! (`create_or_resume_run`), then per trial `start_trial`, one `record_turn` per turn (each
-//! with one small model call) and `finish_trial`, each committed on its own, as a run does.
+//! with one small model call) and `finish_trial` (which archives the trial), each committed on
+//! its own: the ungrouped worst case (a run's writer groups the writes that queue up).
 //!
 //! ```text
 //! store_bench STORE [--trials N] [--run ID]
