@@ -882,7 +882,9 @@ def main():
     results["load_end"] = load()
     results["duration_s"] = time.monotonic() - started
 
-    with open(os.path.join(CACHE, f"results-{config['mode']}.json"), "w", encoding="utf-8") as handle:
+    # A partial run (--only) keeps its own file, so it never overwrites the full run's numbers.
+    partial = "" if only == {"w1", "w2", "w3", "w4"} else "-" + "-".join(sorted(only))
+    with open(os.path.join(CACHE, f"results-{config['mode']}{partial}.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=1, default=str)
     out = arguments.out or (os.path.join(ROOT, "BENCHMARKS.md") if not arguments.smoke else os.path.join(CACHE, "BENCHMARKS-smoke.md"))
     text = render(results, config)

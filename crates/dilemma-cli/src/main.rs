@@ -64,6 +64,10 @@ enum Command {
         trial: String,
         #[arg(long, default_value = paths::DEFAULT_STORE, env = "DILEMMA_STORE")]
         store: PathBuf,
+        /// Print the whole stored transcript as JSON instead: every turn with every model call,
+        /// its full request, response (with the provider's raw reply), retries and timing.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the JSON Schema of the scenario format (for editors).
     Schema,
@@ -182,7 +186,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(args) => report_command(&args),
         Command::List { suites_dir } => list_command(suites_dir),
         Command::Runs { store } => runs_command(&store),
-        Command::Show { run, trial, store } => show_command(&store, &run, &trial),
+        Command::Show { run, trial, store, json } => show_command(&store, &run, &trial, json),
         Command::Synth(args) => synth::synth_command(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(scenario::format_schema()).unwrap_or_default());
@@ -494,7 +498,7 @@ fn runs_command(store: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn show_command(store: &std::path::Path, run: &str, trial: &str) -> Result<()> {
+fn show_command(store: &std::path::Path, run: &str, trial: &str, json: bool) -> Result<()> {
     let store = paths::open_existing_store(store)?;
     let trials = store.trials(run)?;
     let matches: Vec<_> = trials.iter().filter(|record| record.plan.key == trial || record.plan.key.contains(trial)).collect();
@@ -511,6 +515,11 @@ fn show_command(store: &std::path::Path, run: &str, trial: &str) -> Result<()> {
         ),
     };
     let turns = store.transcript(run, &record.plan.key)?;
+    if json {
+        let transcript = serde_json::json!({ "run": run, "trial": record.plan.key, "turns": turns });
+        println!("{}", serde_json::to_string_pretty(&transcript)?);
+        return Ok(());
+    }
     println!("trial {}", record.plan.key);
     for turn in &turns {
         println!("\n── turn {} ──", turn.index);

@@ -275,7 +275,7 @@ impl Engine {
                     continue;
                 }
             }
-            let token = pick(&session.context, logits_index, matcher.as_mut(), &mut sampler)?;
+            let token = pick(&session.context, logits_index, matcher.as_mut(), sampler.as_mut())?;
             if vocab.is_eog(token) {
                 break FinishReason::Stop;
             }
@@ -368,24 +368,26 @@ fn apply_template(
         .map_err(|error| ModelError::fatal(format!("llama.cpp could not apply the model's chat template: {error}")))
 }
 
-/// The sampler chain for the request. Temperature 0 means greedy decoding. Otherwise it is
+/// The sampler chain for the request. Temperature 0 means greedy decoding: `None`, done by
+/// [`pick`] as an argmax over the allowed logits (llama.cpp's greedy sampler would first copy
+/// every logit, 49,152 for SmolLM2, into a candidate array on each token). Otherwise it is
 /// llama.cpp's default chain (top-k 40, top-p 0.95, min-p 0.05, then temperature), which
 /// keeps a tiny model at 0.7 from wandering into the vocabulary's long tail. The seed
 /// defaults to 0 so that runs are reproducible; llama.cpp's seed is 32 bits, so a 64-bit
 /// seed is folded.
-fn sampler(sampling: &Sampling) -> LlamaSampler {
+fn sampler(sampling: &Sampling) -> Option<LlamaSampler> {
     if sampling.temperature <= 0.0 {
-        return LlamaSampler::greedy();
+        return None;
     }
     let seed = sampling.seed.unwrap_or(0);
     let seed = (seed ^ (seed >> 32)) as u32;
-    LlamaSampler::chain_simple([
+    Some(LlamaSampler::chain_simple([
         LlamaSampler::top_k(40),
         LlamaSampler::top_p(0.95, 1),
         LlamaSampler::min_p(0.05, 1),
         LlamaSampler::temp(sampling.temperature),
         LlamaSampler::dist(seed),
-    ])
+    ]))
 }
 
 /// Picks the next token from the logits at `index`, allowing only what the constraint allows.
@@ -400,26 +402,37 @@ fn pick(
     context: &LlamaContext<'_>,
     index: i32,
     matcher: Option<&mut Matcher>,
-    sampler: &mut LlamaSampler,
+    sampler: Option<&mut LlamaSampler>,
 ) -> Result<LlamaToken, ModelError> {
     let logits = context.get_logits_ith(index);
-    let candidate = |(id, logit): (usize, &f32)| {
-        LlamaTokenData::new(LlamaToken(i32::try_from(id).unwrap_or(i32::MAX)), *logit, 0.0)
-    };
-    let candidates: Vec<LlamaTokenData> = match matcher {
-        None => logits.iter().enumerate().map(candidate).collect(),
-        Some(matcher) => {
-            let mask = matcher
+    let token = |id: usize| LlamaToken(i32::try_from(id).unwrap_or(i32::MAX));
+    let mask = match matcher {
+        None => None,
+        Some(matcher) => Some(
+            matcher
                 .compute_mask()
-                .map_err(|error| ModelError::fatal(format!("llguidance could not compute a token mask: {error}")))?;
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(id, _)| u32::try_from(*id).is_ok_and(|id| mask.is_allowed(id)))
-                .map(candidate)
-                .collect()
-        }
+                .map_err(|error| ModelError::fatal(format!("llguidance could not compute a token mask: {error}")))?,
+        ),
     };
+    let allowed = |id: usize| mask.as_ref().is_none_or(|mask| u32::try_from(id).is_ok_and(|id| mask.is_allowed(id)));
+    let Some(sampler) = sampler else {
+        // Greedy: the first of the highest allowed logits, as llama.cpp's greedy sampler picks.
+        let best = logits
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| allowed(*id))
+            .fold(None, |best: Option<(usize, f32)>, (id, &logit)| match best {
+                Some((_, highest)) if highest >= logit => best,
+                _ => Some((id, logit)),
+            });
+        return best.map(|(id, _)| token(id)).ok_or_else(|| ModelError::fatal("the constraint allows no token at all"));
+    };
+    let candidates: Vec<LlamaTokenData> = logits
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| allowed(*id))
+        .map(|(id, logit)| LlamaTokenData::new(token(id), *logit, 0.0))
+        .collect();
     if candidates.is_empty() {
         return Err(ModelError::fatal("the constraint allows no token at all"));
     }

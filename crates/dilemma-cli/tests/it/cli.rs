@@ -108,6 +108,18 @@ fn a_scripted_run_prints_the_table_and_writes_json_and_csv() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("── turn 3 ──"), "{stdout}");
     assert!(stdout.contains("outcome: strategic after 3 turns (risk 14)"), "{stdout}");
+    // `--json`: the whole stored transcript, each call's full request rebuilt from the store's
+    // compact form (the third call sent the whole conversation so far).
+    let (code, stdout, stderr) = run(dilemma(work.path()).args(["show", "cli-run", &key, "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let transcript: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(transcript["trial"], key.as_str());
+    let turns = transcript["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 3);
+    let messages = turns[2]["calls"][0]["request"]["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["speaker"], "system");
+    assert!(messages.len() >= 6, "system, opening and two earlier turns: {messages:?}");
+    assert!(turns[2]["calls"][0]["result"]["Ok"].is_object(), "{}", turns[2]["calls"][0]);
 }
 
 #[test]
