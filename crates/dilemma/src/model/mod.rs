@@ -167,8 +167,23 @@ pub fn cache_key(provider: &str, role: ModelRole, request: &ChatRequest) -> Stri
     hasher.update([0]);
     hasher.update(role.as_str().as_bytes());
     hasher.update([0]);
-    hasher.update(serde_json::to_vec(request).unwrap_or_default());
+    // Streamed into the hasher: the same bytes as `serde_json::to_vec`, without building them.
+    let _ = serde_json::to_writer(HashWriter(&mut hasher), request);
     hex::encode(hasher.finalize())
+}
+
+/// Feeds serialised bytes straight into a hasher.
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Timeouts and retries for one role's calls.

