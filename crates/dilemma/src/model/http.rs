@@ -350,6 +350,17 @@ impl Endpoint {
         let bytes = serde_json::to_vec(&body)
             .map_err(|error| ModelError::fatal(format!("cannot encode the request for {}: {error}", self.id)))?;
         drop(body);
+        self.post_bytes(url, auth, headers, bytes).await
+    }
+
+    /// [`Endpoint::post_json`] for a body already encoded as JSON.
+    pub(crate) async fn post_bytes(
+        &self,
+        url: &str,
+        auth: Auth,
+        headers: &[(&'static str, &'static str)],
+        bytes: Vec<u8>,
+    ) -> Result<HttpReply, ModelError> {
         let mut request = self
             .client
             .post(url)

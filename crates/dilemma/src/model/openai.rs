@@ -95,11 +95,9 @@ impl ChatModel for OpenAiModel {
 
     fn chat<'a>(&'a self, request: &'a ChatRequest, _context: &'a CallContext) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(async move {
-            let mut body = request_body_with(request, &self.model, self.json_mode);
-            if self.tool_choice_auto && body.get("tool_choice").is_some() {
-                body["tool_choice"] = Value::from("auto");
-            }
-            let reply = self.endpoint.post_json(&self.url(), Auth::Bearer, &[], body).await?;
+            let body = request_bytes(request, &self.model, self.json_mode, self.tool_choice_auto)
+                .map_err(|error| ModelError::fatal(format!("cannot encode the request for {}: {error}", self.endpoint.id)))?;
+            let reply = self.endpoint.post_bytes(&self.url(), Auth::Bearer, &[], body).await?;
             self.endpoint.finish(reply, classify_error, parse_response)
         })
     }
@@ -150,6 +148,137 @@ pub fn request_body_with(request: &ChatRequest, model: &str, json_mode: JsonMode
         },
     }
     Value::Object(body)
+}
+
+/// The bytes of [`request_body_with`]'s body (with `tool_choice: "auto"` when asked), written
+/// straight from borrowed parts: with hundreds of calls in flight, building the `Value` tree
+/// of every conversation and tool schema per call costs more than the HTTP exchange. The two
+/// must agree byte for byte; `openai_wire_bytes_equal_the_documented_body` checks it for every
+/// request shape and option.
+pub fn request_bytes(request: &ChatRequest, model: &str, json_mode: JsonMode, tool_choice_auto: bool) -> serde_json::Result<Vec<u8>> {
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    struct Body<'a> {
+        model: &'a str,
+        messages: Vec<WireMessage<'a>>,
+        temperature: Value,
+        max_tokens: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tools: Option<Vec<WireTool<'a>>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool_choice: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response_format: Option<ResponseFormat<'a>>,
+    }
+    #[derive(Serialize)]
+    struct WireMessage<'a> {
+        role: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool_call_id: Option<&'a str>,
+        content: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool_calls: Option<Vec<WireCall<'a>>>,
+    }
+    #[derive(Serialize)]
+    struct WireCall<'a> {
+        id: &'a str,
+        r#type: &'a str,
+        function: WireFunction<'a>,
+    }
+    #[derive(Serialize)]
+    struct WireFunction<'a> {
+        name: &'a str,
+        arguments: String,
+    }
+    #[derive(Serialize)]
+    struct WireTool<'a> {
+        r#type: &'a str,
+        function: WireToolFunction<'a>,
+    }
+    #[derive(Serialize)]
+    struct WireToolFunction<'a> {
+        name: &'a str,
+        description: &'a str,
+        parameters: &'a Value,
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum ResponseFormat<'a> {
+        Schema { r#type: &'a str, json_schema: NamedSchema<'a> },
+        Object { r#type: &'a str, schema: &'a Value },
+    }
+    #[derive(Serialize)]
+    struct NamedSchema<'a> {
+        name: &'a str,
+        schema: &'a Value,
+        strict: bool,
+    }
+
+    let messages = request
+        .messages
+        .iter()
+        .map(|message| {
+            let role = match message.speaker {
+                Speaker::System => "system",
+                Speaker::User => "user",
+                Speaker::Assistant => "assistant",
+                Speaker::Tool => "tool",
+            };
+            let tool_calls = (message.speaker == Speaker::Assistant && !message.tool_calls.is_empty()).then(|| {
+                message
+                    .tool_calls
+                    .iter()
+                    .map(|call| WireCall {
+                        id: &call.id,
+                        r#type: "function",
+                        function: WireFunction { name: &call.name, arguments: arguments_text(&call.arguments) },
+                    })
+                    .collect()
+            });
+            let tool_call_id = (message.speaker == Speaker::Tool).then(|| message.tool_call_id.as_deref().unwrap_or_default());
+            WireMessage { role, tool_call_id, content: &message.content, tool_calls }
+        })
+        .collect();
+    let (mut tools, mut tool_choice, mut response_format) = (None, None, None);
+    match &request.output {
+        OutputFormat::Text => {}
+        OutputFormat::ToolCall => {
+            tools = Some(
+                request
+                    .tools
+                    .iter()
+                    .map(|tool| WireTool {
+                        r#type: "function",
+                        function: WireToolFunction { name: &tool.name, description: &tool.description, parameters: &tool.parameters },
+                    })
+                    .collect(),
+            );
+            tool_choice = Some(if tool_choice_auto { "auto" } else { "required" });
+        }
+        OutputFormat::JsonSchema(schema) => {
+            response_format = match json_mode {
+                JsonMode::Schema => Some(ResponseFormat::Schema {
+                    r#type: "json_schema",
+                    json_schema: NamedSchema { name: "answer", schema, strict: false },
+                }),
+                JsonMode::Object => Some(ResponseFormat::Object { r#type: "json_object", schema }),
+                JsonMode::None => None,
+            };
+        }
+    }
+    serde_json::to_vec(&Body {
+        model,
+        messages,
+        temperature: float_value(request.sampling.temperature),
+        max_tokens: request.sampling.max_tokens,
+        seed: request.sampling.seed,
+        tools,
+        tool_choice,
+        response_format,
+    })
 }
 
 fn wire_message(message: &Message) -> Value {

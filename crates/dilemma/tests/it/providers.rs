@@ -91,6 +91,28 @@ fn openai_json_modes_change_only_the_response_format() {
     assert_eq!(auto.id(), "openai:m@http://127.0.0.1:9/v1#json=none,tool_choice=auto");
 }
 
+#[test]
+fn openai_wire_bytes_equal_the_documented_body() {
+    // The hot path writes the body from borrowed parts; it must be the documented body, byte
+    // for byte, for every shape and option (key order included).
+    let mut seedless = request("tools");
+    seedless.sampling.seed = None;
+    let mut requests: Vec<ChatRequest> = REQUEST_SHAPES.iter().map(|shape| request(shape)).collect();
+    requests.push(seedless);
+    for request in &requests {
+        for mode in [JsonMode::Schema, JsonMode::Object, JsonMode::None] {
+            for auto in [false, true] {
+                let mut body = openai::request_body_with(request, "m", mode);
+                if auto && body.get("tool_choice").is_some() {
+                    body["tool_choice"] = json!("auto");
+                }
+                let bytes = openai::request_bytes(request, "m", mode, auto).unwrap();
+                assert_eq!(String::from_utf8(bytes).unwrap(), serde_json::to_string(&body).unwrap(), "{mode:?} auto={auto}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn openai_wire_options_reach_the_wire() {
     let reply = fixture_text("openai/response-tool-calls.json");
