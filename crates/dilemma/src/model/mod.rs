@@ -172,8 +172,8 @@ pub fn cache_key(provider: &str, role: ModelRole, request: &ChatRequest) -> Stri
     hex::encode(hasher.finalize())
 }
 
-/// Feeds serialised bytes straight into a hasher.
-struct HashWriter<'a>(&'a mut sha2::Sha256);
+/// Feeds serialised bytes straight into a hasher, without building the text first.
+pub(crate) struct HashWriter<'a>(pub(crate) &'a mut sha2::Sha256);
 
 impl std::io::Write for HashWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

@@ -25,9 +25,9 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, OutputFormat, Speaker, ToolCall, Usage};
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, OutputFormat, Speaker, ToolCall, Usage};
 use crate::model::http::{
     self, ApiKey, Auth, Endpoint, JsonMode, Provider, apply_filter, arguments_text, float_value, generated_call_id,
     parse_arguments_text,
@@ -108,53 +108,22 @@ pub fn request_body(request: &ChatRequest, model: &str) -> Value {
     request_body_with(request, model, JsonMode::Schema)
 }
 
-/// The exact JSON body of a chat completions request.
+/// The exact JSON body of a chat completions request: [`request_bytes`], as a value.
 pub fn request_body_with(request: &ChatRequest, model: &str, json_mode: JsonMode) -> Value {
-    let mut body = Map::new();
-    body.insert("model".into(), Value::from(model));
-    body.insert("messages".into(), Value::Array(request.messages.iter().map(wire_message).collect()));
-    body.insert("temperature".into(), float_value(request.sampling.temperature));
-    body.insert("max_tokens".into(), Value::from(request.sampling.max_tokens));
-    if let Some(seed) = request.sampling.seed {
-        body.insert("seed".into(), Value::from(seed));
-    }
-    match &request.output {
-        OutputFormat::Text => {}
-        OutputFormat::ToolCall => {
-            let tools = request
-                .tools
-                .iter()
-                .map(|tool| {
-                    json!({
-                        "type": "function",
-                        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
-                    })
-                })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-            body.insert("tool_choice".into(), Value::from("required"));
-        }
-        OutputFormat::JsonSchema(schema) => match json_mode {
-            JsonMode::Schema => {
-                body.insert(
-                    "response_format".into(),
-                    json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": false}}),
-                );
-            }
-            JsonMode::Object => {
-                body.insert("response_format".into(), json!({"type": "json_object", "schema": schema}));
-            }
-            JsonMode::None => {}
-        },
-    }
-    Value::Object(body)
+    request_bytes(request, model, json_mode, false)
+        .and_then(|bytes| serde_json::from_slice(&bytes))
+        .unwrap_or(Value::Null)
 }
 
-/// The bytes of [`request_body_with`]'s body (with `tool_choice: "auto"` when asked), written
-/// straight from borrowed parts: with hundreds of calls in flight, building the `Value` tree
-/// of every conversation and tool schema per call costs more than the HTTP exchange. The two
-/// must agree byte for byte; `openai_wire_bytes_equal_the_documented_body` checks it for every
-/// request shape and option.
+/// The exact bytes of a chat completions request body (with `tool_choice: "auto"` instead of
+/// `"required"` when asked), written straight from borrowed parts: with hundreds of calls in
+/// flight, building a `Value` tree of every conversation and tool schema per call costs more
+/// than the HTTP exchange.
+///
+/// An assistant turn that only calls tools carries `content: ""`: OpenAI, vLLM and Ollama take
+/// it (as they take `null`), while llama-cpp-python rejects `null` (its type is "a string, if
+/// present") and its function-calling template fails on a missing key. So the empty string is
+/// the one form every server accepts.
 pub fn request_bytes(request: &ChatRequest, model: &str, json_mode: JsonMode, tool_choice_auto: bool) -> serde_json::Result<Vec<u8>> {
     use serde::Serialize;
 
@@ -279,37 +248,6 @@ pub fn request_bytes(request: &ChatRequest, model: &str, json_mode: JsonMode, to
         tool_choice,
         response_format,
     })
-}
-
-fn wire_message(message: &Message) -> Value {
-    match message.speaker {
-        Speaker::System => json!({"role": "system", "content": message.content}),
-        Speaker::User => json!({"role": "user", "content": message.content}),
-        Speaker::Assistant if message.tool_calls.is_empty() => json!({"role": "assistant", "content": message.content}),
-        Speaker::Assistant => {
-            let calls: Vec<Value> = message
-                .tool_calls
-                .iter()
-                .map(|call| {
-                    json!({
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": arguments_text(&call.arguments)},
-                    })
-                })
-                .collect();
-            // An assistant turn that only calls tools carries `content: ""`: OpenAI, vLLM and
-            // Ollama take it (as they take `null`), while llama-cpp-python rejects `null` (its
-            // type is "a string, if present") and its function-calling template fails on a
-            // missing key. So the empty string is the one form every server accepts.
-            json!({"role": "assistant", "content": message.content, "tool_calls": calls})
-        }
-        Speaker::Tool => json!({
-            "role": "tool",
-            "tool_call_id": message.tool_call_id.as_deref().unwrap_or_default(),
-            "content": message.content,
-        }),
-    }
 }
 
 /// Reads a chat completions reply. `raw` is left for the caller (it is the body text).

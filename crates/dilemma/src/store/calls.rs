@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use serde::Serialize;
 
 use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, Speaker, ToolCall};
+use crate::model::HashWriter;
 use crate::store::StoreError;
 
 /// Stored requests: 1 is the ChatRequest as JSON (stores written before migration 004).
@@ -46,28 +47,14 @@ pub(super) fn message_digests(messages: &[Message]) -> Vec<Digest128> {
     messages
         .iter()
         .map(|message| {
-            let mut hasher = HashWriter(Sha256::new());
+            let mut hasher = Sha256::new();
             // Serialising into the hasher cannot fail: `HashWriter` never does.
-            let _ = serde_json::to_writer(&mut hasher, message);
+            let _ = serde_json::to_writer(HashWriter(&mut hasher), message);
             let mut short = [0u8; 16];
-            short.copy_from_slice(&hasher.0.finalize()[..16]);
+            short.copy_from_slice(&hasher.finalize()[..16]);
             short
         })
         .collect()
-}
-
-/// Feeds serialised bytes straight into a hasher, without building the text first.
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// How many leading messages two calls share.
