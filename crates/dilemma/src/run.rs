@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::environment::Environment;
 use crate::factors;
 use crate::metrics::paired::FactorLevels;
-use crate::model::Model;
+use crate::model::{CacheWrite, CacheWriteRoute, Model, ResponseCache};
 use crate::prompt;
 use crate::scenario::LoadedScenario;
 use crate::scoring::classify::BehaviourClass;
@@ -349,6 +349,9 @@ enum WriterCommand {
     Start { trial: String },
     Turn { trial: String, turn: Box<Turn> },
     Finish { trial: String, outcome: Box<Outcome>, ack: oneshot::Sender<Result<(), String>> },
+    /// An answer for the response cache, committed with the journal (one connection writes
+    /// the store during a run).
+    CacheWrite(Box<CacheWrite>),
 }
 
 /// Commands the writer commits together at most: a bound so one group never holds the
@@ -398,6 +401,7 @@ fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterC
             let grouped = store.begin_group().is_ok();
             let mut written = Vec::new();
             let mut finished = Vec::new();
+            let mut answers = Vec::new();
             for command in group.drain(..) {
                 match command {
                     WriterCommand::Start { trial } => {
@@ -420,6 +424,13 @@ fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterC
                         };
                         finished.push((ack, result));
                     }
+                    WriterCommand::CacheWrite(answer) => {
+                        let stored = store.put_cached_response(&answer);
+                        if let Err(error) = &stored {
+                            tracing::warn!(%error, "could not store an answer in the response cache");
+                        }
+                        answers.push((answer.durable, stored.is_ok()));
+                    }
                 }
             }
             let committed = if grouped { store.commit_group().map_err(|error| error.to_string()) } else { Ok(()) };
@@ -432,10 +443,29 @@ fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterC
             for (ack, result) in finished {
                 let _ = ack.send(committed.clone().and(result));
             }
+            for (durable, stored) in answers {
+                let _ = durable.send(stored && committed.is_ok());
+            }
         }
         store
     });
     (sender, handle)
+}
+
+/// The distinct response caches of the plan's models.
+fn plan_caches(plan: &Plan) -> Vec<Arc<dyn ResponseCache>> {
+    let environment = match plan.environment.as_ref() {
+        Environment::Llm(model) => Some(model),
+        Environment::Scripted => None,
+    };
+    let models = plan.agents.iter().chain(environment).chain(plan.user.as_ref()).chain(plan.judge.as_ref());
+    let mut caches: Vec<Arc<dyn ResponseCache>> = Vec::new();
+    for cache in models.filter_map(|model| model.cache()) {
+        if !caches.iter().any(|known| Arc::ptr_eq(known, cache)) {
+            caches.push(cache.clone());
+        }
+    }
+    caches
 }
 
 /// Runs every unfinished trial of the plan. Returns the store when done.
@@ -454,7 +484,22 @@ pub async fn execute(
         restarted: start.restarted,
         resumed: start.resumed,
     });
+    let store_path = store.path().to_owned();
     let (writer, writer_thread) = spawn_writer(store, run_id.clone());
+    let caches = plan_caches(&plan);
+    let route: CacheWriteRoute = {
+        let writer = writer.clone();
+        Arc::new(move |answer: Box<CacheWrite>| {
+            writer.send(WriterCommand::CacheWrite(answer)).map_err(|returned| match returned.0 {
+                WriterCommand::CacheWrite(answer) => answer,
+                _ => unreachable!("the command sent is the one given back"),
+            })
+        })
+    };
+    for cache in &caches {
+        cache.share_writer(&store_path, Some(route.clone()));
+    }
+    drop(route);
     let journal: Arc<dyn TurnJournal> = Arc::new(WriterJournal { sender: writer.clone() });
     let semaphore = Arc::new(Semaphore::new(plan.concurrency));
     let store_failed = Arc::new(AtomicBool::new(false));
@@ -538,6 +583,11 @@ pub async fn execute(
         if let Err(error) = check_task(done) {
             first_error.get_or_insert(error);
         }
+    }
+    // Answers routed before this point are in the writer's queue and are committed before it
+    // stops; later ones (none during a run) go back to the cache's own writer.
+    for cache in &caches {
+        cache.share_writer(&store_path, None);
     }
     drop(journal);
     drop(writer);

@@ -547,10 +547,12 @@ impl TrialState<'_> {
     async fn agent_step(&mut self, turn: &mut Turn) -> Result<(Action, Option<String>), AgentFailure> {
         let setup = self.setup;
         let protocol = setup.options.protocol;
-        let mut messages = self.history.clone();
+        // What a re-ask adds after the history; the history itself is copied once per request
+        // (hundreds of trials wait on replies at once, each holding its request).
+        let mut reasks: Vec<Message> = Vec::new();
         for attempt in 0..=setup.options.reask_limit {
             let request = ChatRequest {
-                messages: messages.clone(),
+                messages: self.history.iter().chain(&reasks).cloned().collect(),
                 tools: setup.prepared.tools.clone(),
                 output: match protocol {
                     Protocol::Json => OutputFormat::JsonSchema(setup.prepared.answer_schema.clone()),
@@ -593,12 +595,12 @@ impl TrialState<'_> {
                         (Protocol::Tools, Some(call)) => {
                             let mut message = Message::assistant(response.content.clone());
                             message.tool_calls.push(call.clone());
-                            messages.push(message);
-                            messages.push(Message::tool_result(call.id.clone(), format!("error: {problem}")));
+                            reasks.push(message);
+                            reasks.push(Message::tool_result(call.id.clone(), format!("error: {problem}")));
                         }
                         _ => {
-                            messages.push(Message::assistant(output));
-                            messages.push(Message::user(prompt::agent_reask(&problem, protocol)));
+                            reasks.push(Message::assistant(output));
+                            reasks.push(Message::user(prompt::agent_reask(&problem, protocol)));
                         }
                     }
                 }

@@ -154,7 +154,28 @@ pub trait ResponseCache: Send + Sync {
     /// not be stored (`false`): a crash after it resolved cannot lose the answer. Writes may
     /// be grouped, so many calls share one commit.
     fn put(&self, key: &str, model: &str, role: ModelRole, response: &ChatResponse) -> BoxFuture<'static, bool>;
+    /// Offers the writer of a run on the store at `store`: a cache that writes that same
+    /// store sends its answers there from then on, to be committed with the run's journal by
+    /// one connection, and returns true; `None` takes the offer back. Two writers on one
+    /// store would take turns at its lock and empty each other's page cache at every commit.
+    fn share_writer(&self, _store: &str, _writer: Option<CacheWriteRoute>) -> bool {
+        false
+    }
 }
+
+/// An answer on its way to a store writer, and who waits for it to be durable.
+pub struct CacheWrite {
+    pub key: String,
+    pub model: String,
+    pub role: ModelRole,
+    pub response: ChatResponse,
+    /// Told `true` once the answer is committed, `false` if it could not be.
+    pub durable: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Where a cache may send its writes instead of writing them itself (see
+/// [`ResponseCache::share_writer`]); gives the write back when that writer has stopped.
+pub type CacheWriteRoute = Arc<dyn Fn(Box<CacheWrite>) -> Result<(), Box<CacheWrite>> + Send + Sync>;
 
 /// The cache key of a call: everything that changes the answer — the provider (its id names
 /// the model and base URL), the role, and the whole request (messages, tools, output format,
@@ -286,6 +307,11 @@ impl Model {
     pub fn with_cache(mut self, cache: Arc<dyn ResponseCache>) -> Self {
         self.cache = Some(cache);
         self
+    }
+
+    /// The response cache this model reads and writes, if any.
+    pub(crate) fn cache(&self) -> Option<&Arc<dyn ResponseCache>> {
+        self.cache.as_ref()
     }
 
     pub fn id(&self) -> &str {

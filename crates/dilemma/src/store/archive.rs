@@ -63,9 +63,19 @@ pub(super) struct Archive {
 /// archive of a typical trial fills one 4 KB page either way.
 fn compress(archive: &Archive) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(archive)?;
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::with_capacity(json.len() / 3), flate2::Compression::fast());
-    encoder.write_all(&json).map_err(StoreError::Archive)?;
-    encoder.finish().map_err(StoreError::Archive)
+    ENCODER.with_borrow_mut(|encoder| {
+        encoder.reset(Vec::with_capacity(json.len() / 3)).map_err(StoreError::Archive)?;
+        encoder.write_all(&json).map_err(StoreError::Archive)?;
+        encoder.try_finish().map_err(StoreError::Archive)?;
+        encoder.reset(Vec::new()).map_err(StoreError::Archive)
+    })
+}
+
+thread_local! {
+    /// One deflate state per thread that archives (the run's writer): a new one allocates and
+    /// zeroes a few hundred KB of tables, which cost more than compressing a typical archive.
+    static ENCODER: std::cell::RefCell<flate2::write::ZlibEncoder<Vec<u8>>> =
+        std::cell::RefCell::new(flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast()));
 }
 
 fn decompress(body: &[u8]) -> Result<Archive, StoreError> {
@@ -187,6 +197,24 @@ pub(super) fn cached_responses(connection: &Connection) -> rusqlite::Result<u64>
         [],
         |row| row.get::<_, i64>(0).map(|count| count.max(0) as u64),
     )
+}
+
+/// The 64-bit prefixes of every key the cache holds, in its own table and in archives.
+pub(super) fn cached_key_prefixes(connection: &Connection) -> rusqlite::Result<std::collections::HashSet<u64>> {
+    let mut prefixes = std::collections::HashSet::new();
+    let mut pending = connection.prepare("SELECT key FROM response_cache")?;
+    for key in pending.query_map([], |row| row.get::<_, String>(0))? {
+        prefixes.insert(super::cache::key_prefix(&key?));
+    }
+    // Archived keys are the hex-decoded digests: their first eight bytes read big-endian are
+    // the prefix of the hex text.
+    let mut archived = connection.prepare("SELECT substr(key, 1, 8) FROM archived_responses")?;
+    for key in archived.query_map([], |row| row.get::<_, Vec<u8>>(0))? {
+        if let Ok(head) = <[u8; 8]>::try_from(key?.as_slice()) {
+            prefixes.insert(u64::from_be_bytes(head));
+        }
+    }
+    Ok(prefixes)
 }
 
 /// The archive of a trial, if it has one, with its row id.

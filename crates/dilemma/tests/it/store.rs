@@ -152,6 +152,16 @@ async fn a_response_the_cache_holds_is_stored_once_and_read_back_through_it() {
     assert_eq!(moved, (0, 1), "the cache gave its copy to the archive");
     assert_eq!(cache.len(), 1);
     assert_eq!(cache.get(&key), Some(answer.clone()), "a cache hit reads the archive");
+    // A cache opened later knows the archived key too. Its index of stored keys is loaded by
+    // its writer before the first put is written, so once a put is durable the index is in
+    // use: a key it lacks would be answered "not cached" without asking SQLite.
+    let reopened = StoreCache::open(&path).unwrap();
+    let other = ChatResponse { content: "other".into(), ..answer.clone() };
+    assert!(reopened.put(&"0".repeat(64), "scripted:agent", ModelRole::Agent, &other).await);
+    assert_eq!(reopened.get(&key), Some(answer.clone()), "an archived answer is found through the index");
+    assert_eq!(reopened.get(&"0".repeat(64)), Some(other), "an answer put since opening is found");
+    assert_eq!(reopened.get(&"f".repeat(64)), None);
+    drop(reopened);
     assert_eq!(store.transcript("rt4", &trial).unwrap(), transcript.turns);
 
     // Another run answered from the same cache entry: its journal and its own archive find
@@ -169,4 +179,31 @@ async fn a_response_the_cache_holds_is_stored_once_and_read_back_through_it() {
     assert_eq!(cache.get(&key), Some(answer), "the cached answer survives the retry");
     let archived: i64 = sql(&path, "SELECT COUNT(*) FROM archived_responses");
     assert_eq!(archived, 0, "the answer is the cache's again");
+}
+
+#[tokio::test]
+async fn a_run_commits_its_cache_answers_with_its_journal_and_hands_the_writer_back() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("s.sqlite");
+    let cache = Arc::new(StoreCache::open(&path).unwrap());
+    let replies = [1, 4, 6].map(ScriptedReply::tool_id).to_vec();
+    let provider = dilemma::model::scripted::ScriptedModel::new("scripted:agent", replies).unwrap();
+    let agent = dilemma::model::Model::new(Arc::new(Cacheable(provider)), ModelRole::Agent, dilemma::model::CallPolicy::default())
+        .with_cache(cache.clone());
+    let plan = run::plan(run_config("rw", vec![loaded_tiny()], vec![Arc::new(agent)], 5, 3)).unwrap();
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    let (summary, store) = run::execute(plan, Store::open(&path).unwrap(), events).await.unwrap();
+    assert!(summary.complete);
+    assert_eq!(store.row_counts("rw").unwrap(), (5, 15, 15));
+    // Every answer reached the store durably while the run's writer held it (a put that
+    // failed would have left its call without a cache key, holding its own response), and
+    // each finished trial's archive took its answers over.
+    let archived: i64 = sql(&path, "SELECT COUNT(*) FROM archived_responses");
+    assert_eq!((archived, cache.len()), (15, 15));
+    // The run gave the writing back: a put after it is durable through the cache's own writer.
+    let answer = ChatResponse { content: "later".into(), ..ChatResponse::default() };
+    assert!(cache.put(&"a".repeat(64), "scripted:agent", ModelRole::Agent, &answer).await);
+    assert_eq!(cache.get(&"a".repeat(64)), Some(answer));
+    // A cache on another store is not lent a run's writer.
+    assert!(!cache.share_writer("elsewhere.sqlite", None));
 }
