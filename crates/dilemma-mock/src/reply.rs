@@ -127,16 +127,19 @@ pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value 
 /// The chat completion for a parsed request body, following `script` when it is not empty
 /// (see [`ScriptStep`]); the policy then only matters for choices the script leaves open.
 pub fn chat_completion_scripted(request: &Value, policy: Policy, sequence: u64, script: &[ScriptStep]) -> Value {
-    let messages = request.get("messages").cloned().unwrap_or(Value::Null);
-    let messages_text = messages.to_string();
+    let messages_text = request.get("messages").unwrap_or(&Value::Null).to_string();
+    // One digest for both the chooser's hash and the tag (`hash64` and `short_hash` of the
+    // same text): at hundreds of requests in flight the mock shares the harness's two cores.
+    let digest = Sha256::digest(messages_text.as_bytes());
+    let head: [u8; 8] = digest[..8].try_into().unwrap_or_default();
     let step = script_step(request, script);
     let chooser = match step {
         // `cycle` at position p - 1 picks index p - 1 (modulo the count) of every choice.
         Some(ScriptStep::Tool(position)) => Chooser { policy: Policy::Cycle, sequence: position as u64 - 1, messages_hash: 0 },
-        _ => Chooser { policy, sequence, messages_hash: hash64(messages_text.as_bytes()) },
+        _ => Chooser { policy, sequence, messages_hash: u64::from_be_bytes(head) },
     };
     let model = request.get("model").and_then(Value::as_str).unwrap_or("mock");
-    let tag = short_hash(messages_text.as_bytes());
+    let tag = hex::encode(head);
 
     let tools: Vec<&Value> = request.get("tools").and_then(Value::as_array).into_iter().flatten().collect();
     let tool_choice = request.get("tool_choice");
