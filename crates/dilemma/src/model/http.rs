@@ -365,7 +365,11 @@ impl Endpoint {
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(bytes);
+            // A one-shot body rather than reqwest's reusable bytes: reqwest keeps a reusable
+            // body alive until the reply comes, in case a redirect asks for it again, and
+            // hundreds of requests wait at once (4.4 MB at 1,000 in flight in W1). API calls are
+            // not redirected, and retries are the Model's, which encodes the body anew.
+            .body(reqwest::Body::wrap(http_body_util::Full::new(bytes::Bytes::from(bytes))));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
