@@ -423,26 +423,27 @@ def machine():
 CAUSES = {
     "w1_wall": (
         "On two cores the wall is bound by CPU: the table's \"CPU floor\" row, (dilemma's CPU + the mock's) ÷ "
-        "nproc, is already above the ideal. Within 1.1× of a 0.70 s ideal the two processes together may spend "
-        "about 1.5 CPU-seconds on 7,000 calls (0.22 ms per call, both sides of each HTTP exchange included); the "
-        "mock alone spends about 0.13 ms per call (it parses every body and counts it by hash for the crash "
-        "test), which leaves under 0.1 ms per call for dilemma's HTTP client, JSON encoding of the conversation, "
-        "decoding of the reply and SQLite journaling. The serial points found earlier are gone (grouped commits "
-        "on the run's writer and on the response cache's writer, no acknowledgement awaited at a trial's start, "
-        "cache lookups without the blocking pool), so what is left is CPU per call; on a machine with more "
-        "cores than the two processes keep busy the same run is latency-bound."
+        "nproc, is already 1.8× the ideal. Within 1.1× of a 0.70 s ideal the two processes together may spend "
+        "about 1.5 CPU-seconds on 7,000 calls, 0.22 ms per call with both ends of each HTTP exchange included; "
+        "the mock alone spends 0.10 ms per call (it parses every body and counts it by hash for the crash test) "
+        "and dilemma 0.26 ms (HTTP client, JSON encoding of the conversation, decoding the reply, the cache "
+        "key, journaling and archiving on the store's writer). The serial points are gone (one store writer "
+        "that commits in groups, cache misses answered without SQLite, no acknowledgement awaited at a "
+        "trial's start), so what is left is CPU per call; on a machine with cores to spare for the two "
+        "processes the same run is latency-bound."
     ),
     "w1_rss": (
         "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
-        "heap's peak at about 82 MB: about 31 MB is hyper's state for the 1,000 open connections (about 31 KB "
-        "each: an 8 KB read buffer, the dispatch channel, the write buffer; reqwest does not let a client size "
-        "them), about 31 MB tokio tasks and timers with what they hold while a reply is awaited (each trial's "
-        "conversation and the request being sent, both needed until the reply arrives), the rest the parsed "
-        "turns that scoring reads. What the store added earlier is gone: requests are no longer kept per turn "
-        "(the journal takes them), the wire body is serialised before the await and the tool list is shared by "
-        "every call of a scenario. Below 60 MB at 1,000 connections needs a client with smaller per-connection "
-        "buffers or HTTP/2 multiplexing (one connection for many calls), which OpenAI-compatible servers such "
-        "as vLLM do not all speak."
+        "heap's peak at 86 MB: 35 MB is the state of the 1,000 open HTTP/1.1 connections (about 35 KB each in "
+        "hyper, tokio and bytes: the dispatch channel's first block, an 8 KB read buffer, the write buffer, "
+        "the connection task; reqwest does not let a client size them), 31 MB the trials' own state while "
+        "they wait (conversation, the turns scoring reads, and about 10 MB of serde_json object copies: tool "
+        "arguments and world states held by the action, the history and the kept turn), 9 MB SQLite's page "
+        "cache, 4 MB the tasks. The rest of the RSS is the process's base, 22 MB with one trial, 15 MB of it "
+        "the binary's own code pages (19.6 MB of .text: llama.cpp, rustls, SQLite). Under 60 MB at 1,000 calls "
+        "in flight needs HTTP/2 multiplexing (one connection for many calls; hosted APIs negotiate it over "
+        "TLS, but OpenAI-compatible servers such as vLLM speak HTTP/1.1 only) or a leaner HTTP/1.1 client, "
+        "and tool arguments shared instead of copied."
     ),
     "w1_bytes": (
         "A finished trial is one zlib-compressed archive (store/archive.rs) and its cached answers point into "
@@ -451,10 +452,10 @@ CAUSES = {
         "keys and indexes."
     ),
     "w1_cpu": (
-        "A profile (perf with DWARF call graphs, 1,000 trials / 500 concurrent) puts about 40% of dilemma's CPU "
-        "on the store's writer thread: journaling each turn (request deltas, turn bodies), compacting each "
-        "finished trial into its archive (reading its rows back, deflate), and the group commits' WAL writes; "
-        "the rest is the HTTP exchange and JSON on the async workers."
+        "A profile (perf with DWARF call graphs, 1,000 trials / 500 concurrent) puts about half of dilemma's "
+        "CPU on the store's writer thread: journaling each turn (request deltas, turn bodies), compacting each "
+        "finished trial into its archive (reading its rows back, deflate), the response cache's answers, and "
+        "the group commits' WAL writes; the rest is the HTTP exchange and JSON on the async workers."
     ),
     "w1_startup": (
         "Before the first call a run validates the suite, opens the store twice (the run's connection and "
