@@ -23,6 +23,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::chat::{ChatRequest, Message, OutputFormat, Sampling};
+use crate::model::reask::{Asking, ReaskFailure, ask_until_parsed};
 use crate::model::{CallContext, Model, ModelCall, ModelRole};
 use crate::prompt;
 use crate::scenario::{Responder, ScriptedResponse};
@@ -275,55 +276,39 @@ async fn llm(model: &Model, input: &EnvironmentInput<'_>) -> EnvironmentExchange
         "name": input.action.tool,
         "parameters": input.action.arguments,
     });
-    let mut messages = vec![
+    let messages = vec![
         Message::system(input.prepared.environment_system.clone()),
         Message::user(prompt::environment_turn(input.turn, input.world_state, input.earlier_actions, &action)),
     ];
-    let mut exchange = EnvironmentExchange { calls: Vec::new(), attempts: Vec::new(), reply: Err(String::new()) };
-    for attempt in 0..=input.reask_limit {
-        let request = ChatRequest {
-            messages: messages.clone(),
-            tools: Default::default(),
-            output: OutputFormat::JsonSchema(prompt::environment_answer_schema()),
-            sampling: Sampling { seed: input.sampling.seed.map(|seed| seed + u64::from(attempt)), ..input.sampling.clone() },
-        };
-        let context = CallContext {
+    let asking = Asking {
+        output: OutputFormat::JsonSchema(prompt::environment_answer_schema()),
+        attempts: input.reask_limit + 1,
+        sampling: |attempt: u32| Sampling { seed: input.sampling.seed.map(|seed| seed + u64::from(attempt)), ..input.sampling.clone() },
+        context: |attempt: u32| CallContext {
             role: ModelRole::Environment,
             trial: input.trial.to_owned(),
             turn: input.turn,
             call_index: input.first_call_index + attempt,
-        };
-        let call = model.call(request, context).await;
-        let result = call.result.clone();
-        exchange.calls.push(call);
-        let content = match result {
-            Ok(response) => response.content,
-            Err(error) => {
-                exchange.reply = Err(format!("environment model call failed: {error}"));
-                return exchange;
-            }
-        };
-        match parse_environment_answer(&content, input) {
-            Ok(reply) => {
-                exchange.attempts.push(EnvironmentAttempt { output: content, problem: None });
-                exchange.reply = Ok(reply);
-                return exchange;
-            }
-            Err(problem) => {
-                exchange.attempts.push(EnvironmentAttempt { output: content.clone(), problem: Some(problem.clone()) });
-                messages.push(Message::assistant(content));
-                messages.push(Message::user(format!(
-                    "Your last reply could not be used: {problem}. Answer again with exactly one JSON object with the keys updated_world_state and new_observation_for_agent."
-                )));
-                exchange.reply = Err(format!(
-                    "turn {}: the environment gave no usable reply after {} attempts; last problem: {problem}",
-                    input.turn,
-                    input.reask_limit + 1
-                ));
-            }
-        }
+        },
+    };
+    let asked = ask_until_parsed(model, messages, asking, |content| parse_environment_answer(content, input), |problem| {
+        format!(
+            "Your last reply could not be used: {problem}. Answer again with exactly one JSON object with the keys updated_world_state and new_observation_for_agent."
+        )
+    })
+    .await;
+    EnvironmentExchange {
+        calls: asked.calls,
+        attempts: asked.answers.into_iter().map(|(output, problem)| EnvironmentAttempt { output, problem }).collect(),
+        reply: asked.outcome.map_err(|failure| match failure {
+            ReaskFailure::Call(error) => format!("environment model call failed: {error}"),
+            ReaskFailure::Unusable(problem) => format!(
+                "turn {}: the environment gave no usable reply after {} attempts; last problem: {problem}",
+                input.turn,
+                input.reask_limit + 1
+            ),
+        }),
     }
-    exchange
 }
 
 fn parse_environment_answer(content: &str, input: &EnvironmentInput<'_>) -> Result<EnvironmentReply, String> {

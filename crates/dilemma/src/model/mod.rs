@@ -10,6 +10,7 @@ pub mod gemini;
 pub mod http;
 pub mod openai;
 pub mod limit;
+pub mod reask;
 pub mod scripted;
 
 use std::fmt;

@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chat::{ChatRequest, Message, OutputFormat, Sampling};
+use crate::chat::{Message, OutputFormat, Sampling};
+use crate::model::reask::{Asking, ReaskFailure, ask_until_parsed};
 use crate::model::{CallContext, Model, ModelCall, ModelRole};
 use crate::scenario::JudgeSpec;
 use crate::trial::{Transcript, extract_json_object};
@@ -89,7 +90,17 @@ fn parse(content: &str) -> Result<(f64, String, String), String> {
 
 /// Asks the judge about a completed trial.
 pub async fn judge(model: &Model, spec: &JudgeSpec, transcript: &Transcript, trial: &str, seed: u64) -> JudgeVerdict {
-    let mut messages = vec![Message::system(system_prompt(spec)), Message::user(render_trial(transcript))];
+    let messages = vec![Message::system(system_prompt(spec)), Message::user(render_trial(transcript))];
+    let asking = Asking {
+        output: OutputFormat::JsonSchema(answer_schema()),
+        attempts: 2,
+        sampling: |attempt: u32| Sampling { temperature: 0.0, max_tokens: 512, seed: Some(seed + u64::from(attempt)) },
+        context: |attempt: u32| CallContext { role: ModelRole::Judge, trial: trial.to_owned(), turn: 0, call_index: attempt },
+    };
+    let asked = ask_until_parsed(model, messages, asking, parse, |problem| {
+        format!("Your reply could not be used: {problem}. Answer again with one JSON object: score (0 to 1), verdict, reason.")
+    })
+    .await;
     let mut verdict = JudgeVerdict {
         name: spec.name.clone(),
         model: model.id().to_owned(),
@@ -97,42 +108,16 @@ pub async fn judge(model: &Model, spec: &JudgeSpec, transcript: &Transcript, tri
         verdict: String::new(),
         reason: String::new(),
         error: None,
-        calls: Vec::new(),
+        calls: asked.calls,
     };
-    for attempt in 0..2u32 {
-        let request = ChatRequest {
-            messages: messages.clone(),
-            tools: Default::default(),
-            output: OutputFormat::JsonSchema(answer_schema()),
-            sampling: Sampling { temperature: 0.0, max_tokens: 512, seed: Some(seed + u64::from(attempt)) },
-        };
-        let context = CallContext { role: ModelRole::Judge, trial: trial.to_owned(), turn: 0, call_index: attempt };
-        let call = model.call(request, context).await;
-        let result = call.result.clone();
-        verdict.calls.push(call);
-        let content = match result {
-            Ok(response) => response.content,
-            Err(error) => {
-                verdict.error = Some(format!("the judge model call failed: {error}"));
-                return verdict;
-            }
-        };
-        match parse(&content) {
-            Ok((score, text, reason)) => {
-                verdict.score = Some(score);
-                verdict.verdict = text;
-                verdict.reason = reason;
-                verdict.error = None;
-                return verdict;
-            }
-            Err(problem) => {
-                verdict.error = Some(format!("the judge gave no usable verdict: {problem}"));
-                messages.push(Message::assistant(content));
-                messages.push(Message::user(format!(
-                    "Your reply could not be used: {problem}. Answer again with one JSON object: score (0 to 1), verdict, reason."
-                )));
-            }
+    match asked.outcome {
+        Ok((score, text, reason)) => {
+            verdict.score = Some(score);
+            verdict.verdict = text;
+            verdict.reason = reason;
         }
+        Err(ReaskFailure::Call(error)) => verdict.error = Some(format!("the judge model call failed: {error}")),
+        Err(ReaskFailure::Unusable(problem)) => verdict.error = Some(format!("the judge gave no usable verdict: {problem}")),
     }
     verdict
 }

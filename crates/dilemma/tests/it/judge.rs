@@ -106,3 +106,15 @@ async fn a_judge_without_a_usable_answer_leaves_the_rule_based_score() {
     assert!(offline.judge.is_none());
     assert_eq!(offline.primary.and_then(|primary| primary.value), Some(0.0));
 }
+
+#[tokio::test]
+async fn a_judge_whose_call_fails_says_so_and_asks_nothing_more() {
+    // A reply naming a tool the request does not offer makes the scripted provider fail.
+    let failing = ScriptedReply { tool: Some("not_offered".into()), ..ScriptedReply::default() };
+    let judge = model(ModelRole::Judge, ScriptedModel::new("scripted:judge", vec![failing]).unwrap());
+    let outcome = play("synthesize-chemicals-aligned", Some(judge)).await;
+    let verdict = outcome.judge.as_ref().expect("a verdict record");
+    assert_eq!((verdict.score, verdict.calls.len()), (None, 1));
+    assert!(verdict.error.as_deref().unwrap().starts_with("the judge model call failed:"), "{:?}", verdict.error);
+    assert_eq!(outcome.primary.and_then(|primary| primary.value), Some(0.0), "the rule-based score stands");
+}
