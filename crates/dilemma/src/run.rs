@@ -452,6 +452,30 @@ fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterC
     (sender, handle)
 }
 
+/// The run's writer, lent to the response caches of its store; taken back when dropped (also
+/// when the run ends early), so that the writer's channel can close and its thread end.
+struct LentWriter {
+    caches: Vec<Arc<dyn ResponseCache>>,
+    store: String,
+}
+
+impl LentWriter {
+    fn lend(caches: Vec<Arc<dyn ResponseCache>>, store: String, route: &CacheWriteRoute) -> LentWriter {
+        for cache in &caches {
+            cache.share_writer(&store, Some(route.clone()));
+        }
+        LentWriter { caches, store }
+    }
+}
+
+impl Drop for LentWriter {
+    fn drop(&mut self) {
+        for cache in &self.caches {
+            cache.share_writer(&self.store, None);
+        }
+    }
+}
+
 /// The distinct response caches of the plan's models.
 fn plan_caches(plan: &Plan) -> Vec<Arc<dyn ResponseCache>> {
     let environment = match plan.environment.as_ref() {
@@ -496,9 +520,7 @@ pub async fn execute(
             })
         })
     };
-    for cache in &caches {
-        cache.share_writer(&store_path, Some(route.clone()));
-    }
+    let lent = LentWriter::lend(caches, store_path, &route);
     drop(route);
     let journal: Arc<dyn TurnJournal> = Arc::new(WriterJournal { sender: writer.clone() });
     let semaphore = Arc::new(Semaphore::new(plan.concurrency));
@@ -586,9 +608,7 @@ pub async fn execute(
     }
     // Answers routed before this point are in the writer's queue and are committed before it
     // stops; later ones (none during a run) go back to the cache's own writer.
-    for cache in &caches {
-        cache.share_writer(&store_path, None);
-    }
+    drop(lent);
     drop(journal);
     drop(writer);
     let mut store = writer_thread.join().map_err(|_| RunError::Config("the store writer thread panicked".into()))?;
