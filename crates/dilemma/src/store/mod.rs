@@ -950,9 +950,6 @@ impl Serialize for TurnBody<'_> {
     }
 }
 
-/// Runs `write` all or nothing, inside a savepoint (within a writer's group or on its own).
-/// Written by hand rather than with rusqlite's `Savepoint`, which parses its `SAVEPOINT` and
-/// `RELEASE` statements on every use: a measurable share of a busy writer's time.
 /// Turns on SQLite's query planner stability guarantee. Without it, this build (with STAT4)
 /// marks a statement whose plan looked at a bound value to be compiled again at its next
 /// bind, which the archive's two reads were on every trial (found with a uprobe on
@@ -962,6 +959,9 @@ pub(super) fn stable_plans(connection: &Connection) -> rusqlite::Result<()> {
     connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(drop)
 }
 
+/// Runs `write` all or nothing, inside a savepoint (within a writer's group or on its own).
+/// Written by hand rather than with rusqlite's `Savepoint`, which parses its `SAVEPOINT` and
+/// `RELEASE` statements on every use: a measurable share of a busy writer's time.
 fn atomically<T>(connection: &Connection, path: &str, write: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
     let run = |sql: &str| connection.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(drop);
     run("SAVEPOINT write").map_err(|source| StoreError::Sqlite { path: path.to_owned(), source })?;
