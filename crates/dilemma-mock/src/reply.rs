@@ -111,14 +111,6 @@ pub fn short_hash(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..8])
 }
 
-/// A 64-bit hash of some bytes (the first 8 bytes of their SHA-256).
-pub fn hash64(bytes: &[u8]) -> u64 {
-    let digest = Sha256::digest(bytes);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
-}
-
 /// The chat completion for a parsed request body.
 pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value {
     chat_completion_scripted(request, policy, sequence, &[])
@@ -128,8 +120,9 @@ pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value 
 /// (see [`ScriptStep`]); the policy then only matters for choices the script leaves open.
 pub fn chat_completion_scripted(request: &Value, policy: Policy, sequence: u64, script: &[ScriptStep]) -> Value {
     let messages_text = request.get("messages").unwrap_or(&Value::Null).to_string();
-    // One digest for both the chooser's hash and the tag (`hash64` and `short_hash` of the
-    // same text): at hundreds of requests in flight the mock shares the harness's two cores.
+    // One digest for both the chooser's hash (its first 8 bytes, big-endian) and the tag (the
+    // same bytes in hex): at hundreds of requests in flight the mock shares the harness's two
+    // cores.
     let digest = Sha256::digest(messages_text.as_bytes());
     let head: [u8; 8] = digest[..8].try_into().unwrap_or_default();
     let step = script_step(request, script);
