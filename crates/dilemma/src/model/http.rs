@@ -1,6 +1,7 @@
 //! What the three HTTP providers (`openai:`, `anthropic:`, `gemini:`) share: model specs,
-//! API keys that never leak, one pooled client per provider instance, sending a JSON body and
-//! reading the reply, and the rules that turn an HTTP status into a [`ModelErrorKind`].
+//! API keys that never leak, one pooled client per provider instance (`model::http1` for
+//! plain HTTP, reqwest for HTTPS and proxies), sending a JSON body and reading the reply, and
+//! the rules that turn an HTTP status into a [`ModelErrorKind`].
 //!
 //! The adapters themselves (`model::openai`, `model::anthropic`, `model::gemini`) are pure
 //! translators: `request_body` builds the exact wire JSON and `parse_response` reads a reply,
@@ -298,8 +299,19 @@ pub(crate) struct Endpoint {
     pub id: String,
     pub base_url: String,
     api_key: Option<ApiKey>,
-    client: reqwest::Client,
+    transport: Transport,
 }
+
+/// How an endpoint's requests travel.
+enum Transport {
+    /// Plain HTTP, directly: `model::http1`, lean with many connections open at once.
+    Direct(super::http1::Http1Client),
+    /// HTTPS, or plain HTTP through a proxy set in the environment: reqwest.
+    Pooled(reqwest::Client),
+}
+
+/// The variables through which reqwest routes plain HTTP through a proxy.
+const HTTP_PROXY_VARIABLES: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -314,16 +326,34 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     pub(crate) fn new(id: String, base_url: &str, api_key: Option<ApiKey>) -> Result<Endpoint, String> {
         let base_url = check_base_url(base_url)?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("dilemma/", env!("CARGO_PKG_VERSION")));
-        if is_loopback(&base_url) {
-            // A local server (vLLM, llama.cpp, the mock) must not be sent through a proxy that
-            // happens to be set in the environment.
-            builder = builder.no_proxy();
-        }
-        let client = builder.build().map_err(|error| format!("cannot set up the HTTP client for {id}: {error}"))?;
-        Ok(Endpoint { id, base_url, api_key, client })
+        // A local server (vLLM, llama.cpp, the mock) is never reached through a proxy that
+        // happens to be set in the environment; a remote plain-HTTP one is when one is set,
+        // and reqwest knows the rules (`NO_PROXY` and the rest).
+        let proxy_set = HTTP_PROXY_VARIABLES.iter().any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+        let direct = is_loopback(&base_url) || !proxy_set;
+        Endpoint::with_transport(id, base_url, api_key, direct)
+    }
+
+    /// An endpoint whose plain-HTTP requests go directly (`model::http1`) when `direct`, and
+    /// through reqwest otherwise; HTTPS always goes through reqwest.
+    fn with_transport(id: String, base_url: String, api_key: Option<ApiKey>, direct: bool) -> Result<Endpoint, String> {
+        let user_agent = concat!("dilemma/", env!("CARGO_PKG_VERSION"));
+        let direct = direct
+            .then(|| url::Url::parse(&base_url).ok())
+            .flatten()
+            .and_then(|url| super::http1::Http1Client::for_url(&url, user_agent, CONNECT_TIMEOUT));
+        let transport = match direct {
+            Some(client) => Transport::Direct(client),
+            None => {
+                let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).user_agent(user_agent);
+                if is_loopback(&base_url) {
+                    builder = builder.no_proxy();
+                }
+                let client = builder.build().map_err(|error| format!("cannot set up the HTTP client for {id}: {error}"))?;
+                Transport::Pooled(client)
+            }
+        };
+        Ok(Endpoint { id, base_url, api_key, transport })
     }
 
     /// `text` with the key scrubbed out.
@@ -361,37 +391,65 @@ impl Endpoint {
         headers: &[(&'static str, &'static str)],
         bytes: Vec<u8>,
     ) -> Result<HttpReply, ModelError> {
-        let mut request = self
-            .client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            // A one-shot body rather than reqwest's reusable bytes: reqwest keeps a reusable
-            // body alive until the reply comes, in case a redirect asks for it again, and
-            // hundreds of requests wait at once (4.4 MB at 1,000 in flight in W1). API calls are
-            // not redirected, and retries are the Model's, which encodes the body anew.
-            .body(reqwest::Body::wrap(http_body_util::Full::new(bytes::Bytes::from(bytes))));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        let key_header = match &self.api_key {
+            Some(key) => {
+                let (name, value) = match auth {
+                    Auth::Bearer => ("authorization", format!("Bearer {}", key.expose())),
+                    Auth::Header(name) => (name, key.expose().to_owned()),
+                };
+                if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                    return Err(ModelError::fatal(format!("the API key for {} is not a valid header value", self.id)));
+                }
+                Some((name, value))
+            }
+            None => None,
+        };
+        match &self.transport {
+            Transport::Direct(client) => {
+                let target = url::Url::parse(url)
+                    .map(|parsed| parsed[url::Position::BeforePath..url::Position::AfterQuery].to_owned())
+                    .map_err(|error| ModelError::fatal(format!("{}: cannot send to {url}: {error}", self.id)))?;
+                let mut all_headers: Vec<(&str, &str)> = headers.to_vec();
+                if let Some((name, value)) = &key_header {
+                    all_headers.push((name, value));
+                }
+                let reply = client.post(&target, &all_headers, &bytes).await.map_err(|error| {
+                    let message = format!("{}: {error}", self.id);
+                    ModelError::new(ModelErrorKind::Transient, self.redact(&message))
+                })?;
+                Ok(HttpReply { status: reply.status, retry_after: reply.retry_after, body: utf8_lossy(reply.body) })
+            }
+            Transport::Pooled(client) => {
+                let mut request = client
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    // A one-shot body rather than reqwest's reusable bytes: reqwest keeps a
+                    // reusable body alive until the reply comes, in case a redirect asks for it
+                    // again, and hundreds of requests wait at once (4.4 MB at 1,000 in flight
+                    // in W1). API calls are not redirected, and retries are the Model's, which
+                    // encodes the body anew.
+                    .body(reqwest::Body::wrap(http_body_util::Full::new(bytes::Bytes::from(bytes))));
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                if let Some((name, value)) = key_header {
+                    // Checked above.
+                    let mut value = reqwest::header::HeaderValue::from_str(&value)
+                        .map_err(|_| ModelError::fatal(format!("the API key for {} is not a valid header value", self.id)))?;
+                    value.set_sensitive(true);
+                    request = request.header(name, value);
+                }
+                let response = request.send().await.map_err(|error| self.network_error("sending the request", error))?;
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
+                let bytes = response.bytes().await.map_err(|error| self.network_error("reading the reply", error))?;
+                Ok(HttpReply { status, retry_after, body: utf8_lossy(Vec::from(bytes)) })
+            }
         }
-        if let Some(key) = &self.api_key {
-            let (name, value) = match auth {
-                Auth::Bearer => ("authorization", format!("Bearer {}", key.expose())),
-                Auth::Header(name) => (name, key.expose().to_owned()),
-            };
-            let mut value = reqwest::header::HeaderValue::from_str(&value)
-                .map_err(|_| ModelError::fatal(format!("the API key for {} is not a valid header value", self.id)))?;
-            value.set_sensitive(true);
-            request = request.header(name, value);
-        }
-        let response = request.send().await.map_err(|error| self.network_error("sending the request", error))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(|error| self.network_error("reading the reply", error))?;
-        Ok(HttpReply { status, retry_after, body: String::from_utf8_lossy(&bytes).into_owned() })
     }
 
     /// Turns a reply into a response (2xx) or a classified error, with the key scrubbed from
@@ -430,6 +488,11 @@ impl Endpoint {
         let message = format!("{}: {what} while {doing}: {}", self.id, error_chain(&error));
         ModelError::new(kind, self.redact(&message))
     }
+}
+
+/// A reply body as text; bytes that are not UTF-8 become U+FFFD (copied only then).
+fn utf8_lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
 
 /// An error and its causes, `a: b: c`, so that "connection refused" is not hidden behind
@@ -689,5 +752,68 @@ mod tests {
         assert_eq!(format!("{key:?}"), "ApiKey([redacted])");
         assert_eq!(key.redact("echo sk-secret-123!"), "echo [redacted]!");
         assert!(ApiKey::new("  ").is_none());
+    }
+
+    #[test]
+    fn plain_http_goes_directly_unless_a_proxy_applies_and_https_goes_through_reqwest() {
+        let direct = |base: &str, direct: bool| {
+            let endpoint = Endpoint::with_transport("t".into(), check_base_url(base).unwrap(), None, direct).unwrap();
+            matches!(endpoint.transport, Transport::Direct(_))
+        };
+        assert!(direct("http://127.0.0.1:8000/v1", true));
+        assert!(direct("http://gpu-box:8000/v1", true));
+        assert!(!direct("http://gpu-box:8000/v1", false), "a proxy set in the environment applies");
+        assert!(!direct("https://api.openai.com/v1", true));
+    }
+
+    /// A server on loopback that answers one request with `reply` and hands back what it read.
+    fn answer_once(reply: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("\r\n\r\n{}") {
+                let read = stream.read(&mut chunk).unwrap();
+                if read == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&chunk[..read]);
+            }
+            stream.write_all(reply.as_bytes()).unwrap();
+            sender.send(String::from_utf8_lossy(&seen).into_owned()).unwrap();
+        });
+        (base, receiver)
+    }
+
+    #[tokio::test]
+    async fn both_transports_send_the_same_request_and_read_the_same_reply() {
+        const REPLY: &str = "HTTP/1.1 429 Busy\r\nretry-after: 3\r\ncontent-length: 8\r\nconnection: close\r\n\r\n{\"x\":\u{e9}}";
+        for direct in [true, false] {
+            let (base, seen) = answer_once(REPLY);
+            let endpoint = Endpoint::with_transport("t".into(), base.clone(), ApiKey::new("k-9"), direct).unwrap();
+            let url = format!("{base}/v1/messages");
+            let reply = endpoint.post_bytes(&url, Auth::Header("x-api-key"), &[("anthropic-version", "1")], b"{}".to_vec()).await.unwrap();
+            assert_eq!(
+                (reply.status, reply.retry_after.as_deref(), reply.body.as_str()),
+                (429, Some("3"), "{\"x\":\u{e9}}"),
+                "direct: {direct}"
+            );
+            let request = seen.recv().unwrap();
+            assert!(request.starts_with("POST /v1/messages HTTP/1.1\r\n"), "{request}");
+            for line in ["content-type: application/json\r\n", "x-api-key: k-9\r\n", "anthropic-version: 1\r\n", "content-length: 2\r\n"] {
+                assert!(request.contains(line), "direct: {direct}, {line:?} missing from {request}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_that_cannot_be_a_header_is_refused_before_sending() {
+        let endpoint = Endpoint::with_transport("t".into(), "http://127.0.0.1:9".into(), ApiKey::new("k\n1"), true).unwrap();
+        let error = endpoint.post_bytes("http://127.0.0.1:9/v1", Auth::Bearer, &[], b"{}".to_vec()).await.unwrap_err();
+        assert_eq!((error.kind, error.message.as_str()), (ModelErrorKind::Fatal, "the API key for t is not a valid header value"));
     }
 }

@@ -8,6 +8,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod http;
+pub mod http1;
 pub mod openai;
 pub mod limit;
 pub mod reask;

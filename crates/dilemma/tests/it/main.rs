@@ -6,6 +6,7 @@ mod conversation;
 mod evals_report;
 mod factors;
 mod html;
+mod http1;
 mod judge;
 mod lint;
 mod model;
