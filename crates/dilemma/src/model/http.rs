@@ -413,7 +413,7 @@ impl Endpoint {
                 if let Some((name, value)) = &key_header {
                     all_headers.push((name, value));
                 }
-                let reply = client.post(&target, &all_headers, &bytes).await.map_err(|error| {
+                let reply = client.post(&target, &all_headers, bytes).await.map_err(|error| {
                     let message = format!("{}: {error}", self.id);
                     ModelError::new(ModelErrorKind::Transient, self.redact(&message))
                 })?;

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// How long an unused connection is kept. Servers close theirs sooner (uvicorn and llama.cpp
@@ -101,29 +101,32 @@ impl Http1Client {
     }
 
     /// POSTs `body` to `target` (the path and query) with `headers` (names in lower case,
-    /// values already checked by the caller) and reads the whole reply.
-    pub async fn post(&self, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply, Http1Error> {
+    /// values already checked by the caller) and reads the whole reply. The body is dropped
+    /// once written: hundreds of calls wait for their replies at once, and only the wait
+    /// itself should cost memory.
+    pub async fn post(&self, target: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply, Http1Error> {
         let head = self.request_head(target, headers, body.len());
-        loop {
+        let mut stream = loop {
             let (mut stream, reused) = match self.take_idle() {
                 Some(stream) => (stream, true),
                 None => (self.connect().await?, false),
             };
-            match exchange(&mut stream, &head, body).await {
-                Ok((reply, reusable)) => {
-                    if reusable {
-                        self.put_idle(stream);
-                    }
-                    return Ok(reply);
-                }
-                // A kept connection that the server closed just as it was taken: nothing of
-                // the request was read by a server that had already hung up, so it is sent
-                // again on a new connection (as browsers do) instead of failing a call that
-                // never reached it. A new connection failing the same way is an error.
-                Err(Failure::Unanswered(_)) if reused => continue,
-                Err(failure) => return Err(failure.into_error()),
+            match stream.write_all_buf(&mut Buf::chain(head.as_slice(), body.as_slice())).await {
+                Ok(()) => break stream,
+                // A kept connection that the server closed just as it was taken: the request
+                // did not get through, so it goes again on a new connection instead of
+                // failing a call that never reached the server. (Once a request is written
+                // it is never sent again here: the server may be working on it.)
+                Err(_) if reused => continue,
+                Err(error) => return Err(Http1Error::Send(error)),
             }
+        };
+        drop(body);
+        let (reply, reusable) = read_reply(&mut stream).await?;
+        if reusable {
+            self.put_idle(stream);
         }
+        Ok(reply)
     }
 
     /// Connections open and idle, for tests.
@@ -196,23 +199,6 @@ impl Http1Client {
     }
 }
 
-/// How one exchange on one connection failed.
-enum Failure {
-    /// The connection broke before a byte of the reply came: while the request was being
-    /// written, or with the first read.
-    Unanswered(Http1Error),
-    /// Anything later: part of a reply came, or the reply is not HTTP.
-    Broken(Http1Error),
-}
-
-impl Failure {
-    fn into_error(self) -> Http1Error {
-        match self {
-            Failure::Unanswered(error) | Failure::Broken(error) => error,
-        }
-    }
-}
-
 /// How the body of a reply is delimited.
 enum Framing {
     Length(usize),
@@ -229,33 +215,20 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Writes one request and reads its reply; says whether the connection may be used again.
-async fn exchange(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> Result<(Reply, bool), Failure> {
-    let mut request = Buf::chain(head, body);
-    stream.write_all_buf(&mut request).await.map_err(|error| Failure::Unanswered(Http1Error::Send(error)))?;
+/// Reads one reply; says whether the connection may be used again.
+async fn read_reply(stream: &mut TcpStream) -> Result<(Reply, bool), Http1Error> {
     let mut buffer: Vec<u8> = Vec::new();
     let reply_head = loop {
-        match parse_head(&buffer).map_err(Failure::Broken)? {
+        match parse_head(&buffer)? {
             Some(parsed) if (100..200).contains(&parsed.status) => {
                 // An interim reply (`100 Continue`, `103 Early Hints`): the real one follows.
                 buffer.drain(..parsed.length);
             }
             Some(parsed) => break parsed,
             None if buffer.len() > MAX_HEAD_BYTES => {
-                return Err(Failure::Broken(Http1Error::Malformed(format!("its head is longer than {MAX_HEAD_BYTES} bytes"))));
+                return Err(Http1Error::Malformed(format!("its head is longer than {MAX_HEAD_BYTES} bytes")));
             }
-            None => {
-                let read = read_more(stream, &mut buffer).await;
-                match read {
-                    Ok(0) | Err(_) if buffer.is_empty() => {
-                        let error = read.err().map_or(Http1Error::CutOff, Http1Error::Receive);
-                        return Err(Failure::Unanswered(error));
-                    }
-                    Ok(0) => return Err(Failure::Broken(Http1Error::CutOff)),
-                    Ok(_) => {}
-                    Err(error) => return Err(Failure::Broken(Http1Error::Receive(error))),
-                }
-            }
+            None => fill(stream, &mut buffer).await?,
         }
     };
     let (body, reusable) = match reply_head.framing {
@@ -279,7 +252,7 @@ async fn exchange(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> Result<(R
                 match read_more(stream, &mut buffer).await {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(error) => return Err(Failure::Broken(Http1Error::Receive(error))),
+                    Err(error) => return Err(Http1Error::Receive(error)),
                 }
             }
             buffer.drain(..reply_head.length);
@@ -348,7 +321,7 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, Http1Error> {
 
 /// Decodes a chunked body that starts at `start` in `buffer`, reading as needed; returns the
 /// body and where the reply ended in `buffer`.
-async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>, start: usize) -> Result<(Vec<u8>, usize), Failure> {
+async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>, start: usize) -> Result<(Vec<u8>, usize), Http1Error> {
     let mut body = Vec::new();
     let mut position = start;
     loop {
@@ -358,7 +331,7 @@ async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>, start: usize
                 fill(stream, buffer).await?;
                 continue;
             }
-            Err(_) => return Err(Failure::Broken(Http1Error::Malformed("a chunk size is not hexadecimal".to_owned()))),
+            Err(_) => return Err(Http1Error::Malformed("a chunk size is not hexadecimal".to_owned())),
         };
         if size == 0 {
             // The last chunk; trailer lines (ignored) end with an empty line.
@@ -371,20 +344,20 @@ async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>, start: usize
                     return Ok((body, trailers + end + 4));
                 }
                 if buffer.len() - trailers > MAX_HEAD_BYTES {
-                    return Err(Failure::Broken(Http1Error::Malformed("its trailers never end".to_owned())));
+                    return Err(Http1Error::Malformed("its trailers never end".to_owned()));
                 }
                 fill(stream, buffer).await?;
             }
         }
-        let size = usize::try_from(size).map_err(|_| Failure::Broken(Http1Error::Malformed("a chunk is too large".to_owned())))?;
+        let size = usize::try_from(size).map_err(|_| Http1Error::Malformed("a chunk is too large".to_owned()))?;
         let data = position + size_line;
         let end = data.checked_add(size).and_then(|end| end.checked_add(2));
-        let end = end.ok_or_else(|| Failure::Broken(Http1Error::Malformed("a chunk is too large".to_owned())))?;
+        let end = end.ok_or_else(|| Http1Error::Malformed("a chunk is too large".to_owned()))?;
         while buffer.len() < end {
             fill(stream, buffer).await?;
         }
         if &buffer[end - 2..end] != b"\r\n" {
-            return Err(Failure::Broken(Http1Error::Malformed("a chunk does not end where its size says".to_owned())));
+            return Err(Http1Error::Malformed("a chunk does not end where its size says".to_owned()));
         }
         body.extend_from_slice(&buffer[data..end - 2]);
         position = end;
@@ -392,15 +365,23 @@ async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>, start: usize
 }
 
 /// Reads more of a reply whose head has come; the end of the stream is a cut-off reply.
-async fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), Failure> {
+async fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), Http1Error> {
     match read_more(stream, buffer).await {
-        Ok(0) => Err(Failure::Broken(Http1Error::CutOff)),
+        Ok(0) => Err(Http1Error::CutOff),
         Ok(_) => Ok(()),
-        Err(error) => Err(Failure::Broken(Http1Error::Receive(error))),
+        Err(error) => Err(Http1Error::Receive(error)),
     }
 }
 
+/// Waits until the socket has something, then reads it: the buffer grows only when there is
+/// something to put in it, not while the server is still thinking.
 async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {
-    buffer.reserve(READ_CHUNK);
-    stream.read_buf(buffer).await
+    loop {
+        stream.readable().await?;
+        buffer.reserve(READ_CHUNK);
+        match stream.try_read_buf(buffer) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            read => return read,
+        }
+    }
 }

@@ -82,7 +82,7 @@ fn client(url: &url::Url) -> Http1Client {
 }
 
 async fn post(client: &Http1Client, body: &str) -> Result<(u16, String), Http1Error> {
-    let reply = client.post("/v1/chat/completions", &[], body.as_bytes()).await?;
+    let reply = client.post("/v1/chat/completions", &[], body.as_bytes().to_vec()).await?;
     Ok((reply.status, String::from_utf8(reply.body).unwrap()))
 }
 
@@ -97,7 +97,7 @@ async fn the_request_is_written_as_a_server_expects_it() {
     let (url, seen) = server(vec![reply(OK_HELLO)]).await;
     let client = client(&url);
     let body = r#"{"model":"m"}"#;
-    let reply = client.post("/v1/chat/completions?a=1", &[("authorization", "Bearer k-1")], body.as_bytes()).await.unwrap();
+    let reply = client.post("/v1/chat/completions?a=1", &[("authorization", "Bearer k-1")], body.as_bytes().to_vec()).await.unwrap();
     assert_eq!((reply.status, reply.body.as_slice()), (200, &b"\"hello\""[..]));
     let request = seen.lock().unwrap()[0].1.clone();
     let port = url.port().unwrap();
@@ -173,7 +173,7 @@ async fn interim_replies_are_skipped_and_statuses_and_retry_after_come_through()
     let (url, _seen) = server(vec![reply(interim), reply(limited)]).await;
     let client = client(&url);
     assert_eq!(post(&client, "{}").await.unwrap(), (200, "{}".to_owned()));
-    let reply = client.post("/v1/chat/completions", &[], b"{}").await.unwrap();
+    let reply = client.post("/v1/chat/completions", &[], b"{}".to_vec()).await.unwrap();
     assert_eq!((reply.status, reply.retry_after.as_deref(), reply.body.as_slice()), (429, Some("7"), &b"{\"e\":429}"[..]));
 }
 
