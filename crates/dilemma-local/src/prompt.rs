@@ -40,14 +40,14 @@ pub(crate) fn template_messages(request: &ChatRequest) -> Vec<TemplateMessage> {
 
 fn template_message(message: &Message) -> TemplateMessage {
     match message.speaker {
-        Speaker::System => TemplateMessage { role: "system", content: message.content.clone() },
-        Speaker::User => TemplateMessage { role: "user", content: message.content.clone() },
+        Speaker::System => TemplateMessage { role: "system", content: message.content.to_string() },
+        Speaker::User => TemplateMessage { role: "user", content: message.content.to_string() },
         Speaker::Assistant => {
             // Replay tool calls exactly as the constrained decoder writes them (same keys,
             // same separators) so the model sees its own earlier output.
             let mut parts: Vec<String> = Vec::new();
             if !message.content.is_empty() {
-                parts.push(message.content.clone());
+                parts.push(message.content.to_string());
             }
             parts.extend(
                 message

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
-use crate::chat::{ChatRequest, ChatResponse, Message, OutputFormat, Sampling, ToolCall, ToolSpec, Usage};
+use crate::chat::{ChatRequest, ChatResponse, Message, OutputFormat, Sampling, Text, ToolCall, ToolSpec, Usage};
 use crate::environment::{Environment, EnvironmentReply};
 use crate::model::{CallContext, Model, ModelCall, ModelRole};
 use crate::prompt::{self, Protocol};
@@ -54,8 +54,8 @@ impl Default for TrialOptions {
 pub struct PreparedScenario {
     pub scenario: Arc<Scenario>,
     pub hash: String,
-    pub(crate) agent_system: String,
-    pub(crate) agent_opening: String,
+    pub(crate) agent_system: Text,
+    pub(crate) agent_opening: Text,
     tools: Arc<[ToolSpec]>,
     answer_schema: Value,
     pub(crate) environment_system: String,
@@ -86,8 +86,8 @@ impl PreparedScenario {
         let cms = scenario.scoring.as_ref().and_then(|scoring| scoring.cms.as_ref()).map(Cms::new).transpose().map_err(|error| error.to_string())?;
         Ok(PreparedScenario {
             hash: scenario.content_hash(),
-            agent_system: prompt::agent_system_prompt(&scenario, protocol),
-            agent_opening: prompt::agent_opening(&scenario),
+            agent_system: prompt::agent_system_prompt(&scenario, protocol).into(),
+            agent_opening: prompt::agent_opening(&scenario).into(),
             tools: prompt::agent_tools(&scenario).into(),
             answer_schema: prompt::agent_answer_schema(&scenario),
             environment_system: prompt::environment_system_prompt(&scenario),
@@ -263,8 +263,8 @@ impl Turn {
 /// Everything that happened in a trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transcript {
-    pub agent_system_prompt: String,
-    pub agent_opening: String,
+    pub agent_system_prompt: Text,
+    pub agent_opening: Text,
     pub turns: Vec<Turn>,
 }
 
