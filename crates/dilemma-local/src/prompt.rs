@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn tool_messages_become_text_turns() {
         let mut assistant = Message::assistant("");
-        assistant.tool_calls.push(ToolCall { id: "call_0".into(), name: "ping".into(), arguments: json!({"n": 1}) });
+        assistant.tool_calls = std::sync::Arc::new([ToolCall { id: "call_0".into(), name: "ping".into(), arguments: json!({"n": 1}) }]);
         let request = ChatRequest {
             messages: vec![
                 Message::system("Be brief."),

@@ -277,7 +277,7 @@ async fn a_script_makes_six_tool_turns_then_a_final_one_and_stats_carry_times() 
         let response = model.chat(&request, &context(turn)).await.expect("an answer");
         let call = response.tool_calls[0].clone();
         names.push(call.name.clone());
-        request.messages.push(Message { speaker: Speaker::Assistant, content: Default::default(), tool_calls: vec![call.clone()], tool_call_id: None });
+        request.messages.push(Message { speaker: Speaker::Assistant, content: Default::default(), tool_calls: std::sync::Arc::new([call.clone()]), tool_call_id: None });
         request.messages.push(Message::tool_result(call.id, "ok"));
     }
     let expected = ["check_records", "notify_quality"].repeat(3).into_iter().chain(["release_batch"]).collect::<Vec<_>>();

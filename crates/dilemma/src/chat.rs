@@ -107,12 +107,13 @@ pub struct Message {
     pub speaker: Speaker,
     #[serde(default)]
     pub content: Text,
-    /// Tool calls made by an assistant message (native tool protocol only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ToolCall>,
+    /// Tool calls made by an assistant message (native tool protocol only); shared, like
+    /// the text, by every request that repeats the message.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub tool_calls: Arc<[ToolCall]>,
     /// For `Speaker::Tool`: the id of the call this message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
+    pub tool_call_id: Option<Text>,
 }
 
 impl Message {
@@ -125,16 +126,16 @@ impl Message {
     pub fn assistant(content: impl Into<Text>) -> Self {
         Self::text(Speaker::Assistant, content)
     }
-    pub fn tool_result(call_id: impl Into<String>, content: impl Into<Text>) -> Self {
+    pub fn tool_result(call_id: impl Into<Text>, content: impl Into<Text>) -> Self {
         Message {
             speaker: Speaker::Tool,
             content: content.into(),
-            tool_calls: Vec::new(),
+            tool_calls: Arc::default(),
             tool_call_id: Some(call_id.into()),
         }
     }
     fn text(speaker: Speaker, content: impl Into<Text>) -> Self {
-        Message { speaker, content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+        Message { speaker, content: content.into(), tool_calls: Arc::default(), tool_call_id: None }
     }
 }
 

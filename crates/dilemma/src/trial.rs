@@ -519,7 +519,7 @@ impl TrialState<'_> {
         match (protocol, call_id) {
             (Protocol::Tools, Some(call_id)) => {
                 let mut message = Message::assistant(action.reasoning.clone());
-                message.tool_calls.push(ToolCall { id: call_id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() });
+                message.tool_calls = Arc::new([ToolCall { id: call_id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() }]);
                 self.history.push(message);
                 self.history.push(Message::tool_result(call_id, reply.observation.clone()));
             }
@@ -594,7 +594,7 @@ impl TrialState<'_> {
                     match (protocol, response.tool_calls.first()) {
                         (Protocol::Tools, Some(call)) => {
                             let mut message = Message::assistant(response.content.clone());
-                            message.tool_calls.push(call.clone());
+                            message.tool_calls = Arc::new([call.clone()]);
                             reasks.push(message);
                             reasks.push(Message::tool_result(call.id.clone(), format!("error: {problem}")));
                         }

@@ -116,7 +116,7 @@ async fn tool_call_output_names_an_offered_tool() {
     let first = model.last_call_stats().expect("stats");
     let mut request = request;
     let mut assistant = Message::assistant("");
-    assistant.tool_calls = response.tool_calls.clone();
+    assistant.tool_calls = response.tool_calls.clone().into();
     request.messages.push(assistant);
     request.messages.push(Message::tool_result(call.id.clone(), "Done."));
     request.sampling.max_tokens = 1;

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use serde::Serialize;
 
-use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, Speaker, ToolCall};
+use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, Speaker, Text, ToolCall};
 use crate::model::HashWriter;
 use crate::store::StoreError;
 
@@ -86,7 +86,7 @@ struct StoredMessage<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tool_calls: &'a [ToolCall],
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: &'a Option<String>,
+    tool_call_id: &'a Option<Text>,
 }
 
 /// The stored JSON of `request` without its first `inherited` messages. `share` stores a
