@@ -57,7 +57,7 @@ pub enum Http1Error {
     Send(#[source] io::Error),
     #[error("the connection failed while reading the reply: {0}")]
     Receive(#[source] io::Error),
-    #[error("the server closed the connection before the reply was complete")]
+    #[error("the reply was cut off: the server closed the connection before it was complete")]
     CutOff,
     #[error("the reply is not valid HTTP/1.1: {0}")]
     Malformed(String),

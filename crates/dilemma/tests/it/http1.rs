@@ -185,13 +185,13 @@ async fn error_for(step: Step) -> String {
 #[tokio::test]
 async fn a_reply_cut_short_is_an_error() {
     let message = error_for(reply_and_hang_up(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{\"partial\":")).await;
-    assert_eq!(message, "the server closed the connection before the reply was complete");
+    assert_eq!(message, "the reply was cut off: the server closed the connection before it was complete");
     let message = error_for(reply_and_hang_up(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nabc")).await;
-    assert_eq!(message, "the server closed the connection before the reply was complete");
+    assert_eq!(message, "the reply was cut off: the server closed the connection before it was complete");
     let message = error_for(reply_and_hang_up(b"HTTP/1.1 200 OK\r\ncontent-le")).await;
-    assert_eq!(message, "the server closed the connection before the reply was complete");
+    assert_eq!(message, "the reply was cut off: the server closed the connection before it was complete");
     let message = error_for(reply_and_hang_up(b"")).await;
-    assert_eq!(message, "the server closed the connection before the reply was complete");
+    assert_eq!(message, "the reply was cut off: the server closed the connection before it was complete");
 }
 
 #[tokio::test]
