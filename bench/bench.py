@@ -422,28 +422,26 @@ def machine():
 # writing; see the reply of issue 6). Printed only under a MISS.
 CAUSES = {
     "w1_wall": (
-        "On two cores the wall is bound by CPU: the table's \"CPU floor\" row, (dilemma's CPU + the mock's) ÷ "
-        "nproc, is already 1.8× the ideal. Within 1.1× of a 0.70 s ideal the two processes together may spend "
-        "about 1.5 CPU-seconds on 7,000 calls, 0.22 ms per call with both ends of each HTTP exchange included; "
-        "the mock alone spends 0.10 ms per call (it parses every body and counts it by hash for the crash test) "
-        "and dilemma 0.26 ms (HTTP client, JSON encoding of the conversation, decoding the reply, the cache "
-        "key, journaling and archiving on the store's writer). The serial points are gone (one store writer "
-        "that commits in groups, cache misses answered without SQLite, no acknowledgement awaited at a "
-        "trial's start), so what is left is CPU per call; on a machine with cores to spare for the two "
-        "processes the same run is latency-bound."
+        "The run is bound by the store's single writer, not by the calls: a probe (timestamps around each "
+        "`Model::call`, and the writer's time per command kind; see the issue-6 note) showed a mean call of "
+        "96 ms of which 64 ms was the HTTP exchange and ~32 ms the wait for the call's answer to be committed "
+        "to the response cache (a call returns only once its answer is durable, so that a crash never makes "
+        "a resumed run pay for it again), and the writer busy for ~1.3 s of the 1.8 s window: per trial it "
+        "journals seven turns (0.04 ms each), commits seven cache answers, compacts the finished trial into "
+        "its archive (0.3 ms) and writes the groups' pages to the WAL (~0.4 ms per commit, ~30 pages per "
+        "trial because the journal rows are written, read back and deleted). With `--no-cache` the mean call "
+        "is 66 ms and the wall about 1.55 s. On two cores the CPU is short as well: the \"CPU floor\" row, "
+        "(dilemma's CPU + the mock's) ÷ nproc, is already well above the 1.1× allowance. Meeting it needs a "
+        "journal that does not rewrite B-tree pages per turn (an append-only log compacted off the "
+        "critical path), not a faster loop."
     ),
     "w1_rss": (
         "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
-        "heap's peak at 86 MB: 35 MB is the state of the 1,000 open HTTP/1.1 connections (about 35 KB each in "
-        "hyper, tokio and bytes: the dispatch channel's first block, an 8 KB read buffer, the write buffer, "
-        "the connection task; reqwest does not let a client size them), 31 MB the trials' own state while "
-        "they wait (conversation, the turns scoring reads, and about 10 MB of serde_json object copies: tool "
-        "arguments and world states held by the action, the history and the kept turn), 9 MB SQLite's page "
-        "cache, 4 MB the tasks. The rest of the RSS is the process's base, 22 MB with one trial, 15 MB of it "
-        "the binary's own code pages (19.6 MB of .text: llama.cpp, rustls, SQLite). Under 60 MB at 1,000 calls "
-        "in flight needs HTTP/2 multiplexing (one connection for many calls; hosted APIs negotiate it over "
-        "TLS, but OpenAI-compatible servers such as vLLM speak HTTP/1.1 only) or a leaner HTTP/1.1 client, "
-        "and tool arguments shared instead of copied."
+        "heap's peak at 36 MB: the trials' own state while they wait (conversation, the turns scoring "
+        "reads, the task of each trial), SQLite's 2 MB page cache and the writer's queue; 1,000 open "
+        "connections cost only their sockets (model::http1). The rest of the RSS is the process's base, "
+        "about 17 MB of it the binary's code pages (19.6 MB of .text: llama.cpp, rustls, SQLite). The "
+        "measurement moves by several MB between runs on this shared machine (see the runs)."
     ),
     "w1_bytes": (
         "A finished trial is one zlib-compressed archive (store/archive.rs) and its cached answers point into "
@@ -452,18 +450,17 @@ CAUSES = {
         "keys and indexes."
     ),
     "w1_cpu": (
-        "A profile (perf with DWARF call graphs, 1,000 trials / 500 concurrent) puts about half of dilemma's "
-        "CPU on the store's writer thread: journaling each turn (request deltas, turn bodies), compacting each "
-        "finished trial into its archive (reading its rows back, deflate), the response cache's answers, and "
-        "the group commits' WAL writes; the rest is the HTTP exchange and JSON on the async workers."
+        "A profile (perf, 1,000 trials / 500 concurrent) puts about half of dilemma's CPU on the store's "
+        "writer thread: journaling each turn (request deltas, turn bodies), compacting each finished trial "
+        "into its archive (reading its rows back, deflate), the response cache's answers, and the group "
+        "commits' WAL writes; the rest is the HTTP exchange (model::http1) and JSON on the async workers."
     ),
     "w1_startup": (
         "Before the first call a run validates the suite, opens the store twice (the run's connection and "
-        "the response cache's, each with migrations and WAL set-up, fsyncs on a new file), builds a reqwest "
-        "client per endpoint that loads and parses the system's ~150 root certificates even for a loopback "
-        "http:// endpoint (crates/dilemma/src/model/http.rs, `reqwest::Client::builder()`; 60 ms under "
-        "strace), starts the tokio runtime, and commits the whole plan (`Store::create_or_resume_run` "
-        "inserts every planned trial) — at 1,000 trials the plan insert adds to it."
+        "the response cache's, each with migrations and WAL set-up, fsyncs on a new file), starts the tokio "
+        "runtime, and commits the whole plan (`Store::create_or_resume_run` inserts every planned trial) — at "
+        "1,000 trials the plan insert adds to it. (An HTTPS endpoint also builds a reqwest client, which loads "
+        "the system's root certificates; a plain-HTTP one does not.)"
     ),
     "w2_tg": (
         "Generation samples in Rust: for every token `pick` (crates/dilemma-local/src/engine.rs) copies "
