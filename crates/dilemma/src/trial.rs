@@ -201,7 +201,7 @@ impl Action {
 /// One reply of the environment, usable or not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvironmentAttempt {
-    pub output: String,
+    pub output: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
@@ -217,7 +217,7 @@ pub struct Turn {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub environment: Vec<EnvironmentAttempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observation: Option<String>,
+    pub observation: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world_state: Option<Value>,
     /// Every model call of the turn, in order (stored in their own table).
@@ -760,7 +760,7 @@ impl TrialState<'_> {
         if let Ok(reply) = &exchange.reply
             && setup.prepared.scenario.tools[index].answered_by == crate::scenario::Responder::User
         {
-            self.dialogue.push((crate::environment::message_to_user(&action.arguments), reply.observation.clone()));
+            self.dialogue.push((crate::environment::message_to_user(&action.arguments), reply.observation.to_string()));
         }
         turn.calls.extend(exchange.calls);
         turn.environment.extend(exchange.attempts);

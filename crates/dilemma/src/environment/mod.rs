@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::chat::{ChatRequest, Message, OutputFormat, Sampling};
+use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, Text};
 use crate::model::reask::{Asking, ReaskFailure, ask_until_parsed};
 use crate::model::{CallContext, Model, ModelCall, ModelRole};
 use crate::prompt;
@@ -120,7 +120,7 @@ pub(crate) struct EnvironmentInput<'a> {
 /// The environment's answer to one action.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvironmentReply {
-    pub observation: String,
+    pub observation: Text,
     pub world_state: Value,
 }
 
@@ -138,7 +138,7 @@ fn scripted(input: &EnvironmentInput<'_>) -> EnvironmentExchange {
     };
     let attempts = match &reply {
         Ok(reply) => vec![EnvironmentAttempt { output: reply.observation.clone(), problem: None }],
-        Err(problem) => vec![EnvironmentAttempt { output: String::new(), problem: Some(problem.clone()) }],
+        Err(problem) => vec![EnvironmentAttempt { output: Text::default(), problem: Some(problem.clone()) }],
     };
     EnvironmentExchange { calls: Vec::new(), attempts, reply }
 }
@@ -173,7 +173,7 @@ fn scripted_reply(script: &ScriptedResponse, input: &EnvironmentInput<'_>) -> Re
     if input.action.terminal {
         state.insert("task_completed".into(), Value::Bool(true));
     }
-    Ok(EnvironmentReply { observation, world_state: Value::Object(state) })
+    Ok(EnvironmentReply { observation: observation.into(), world_state: Value::Object(state) })
 }
 
 fn template_context(input: &EnvironmentInput<'_>) -> Value {
@@ -215,8 +215,8 @@ async fn shell(input: &EnvironmentInput<'_>) -> EnvironmentExchange {
     if input.action.terminal {
         state.insert("task_completed".into(), Value::Bool(true));
     }
-    exchange.attempts.push(EnvironmentAttempt { output: record.to_string(), problem: None });
-    exchange.reply = Ok(EnvironmentReply { observation, world_state: Value::Object(state) });
+    exchange.attempts.push(EnvironmentAttempt { output: record.to_string().into(), problem: None });
+    exchange.reply = Ok(EnvironmentReply { observation: observation.into(), world_state: Value::Object(state) });
     exchange
 }
 
@@ -250,11 +250,11 @@ async fn user_model(model: &Model, input: &EnvironmentInput<'_>) -> EnvironmentE
             if input.action.terminal {
                 state.insert("task_completed".into(), Value::Bool(true));
             }
-            exchange.attempts.push(EnvironmentAttempt { output: response.content.clone(), problem: None });
-            exchange.reply = Ok(EnvironmentReply { observation: response.content.trim().to_owned(), world_state: Value::Object(state) });
+            exchange.attempts.push(EnvironmentAttempt { output: response.content.clone().into(), problem: None });
+            exchange.reply = Ok(EnvironmentReply { observation: response.content.trim().into(), world_state: Value::Object(state) });
         }
         Ok(response) => {
-            exchange.attempts.push(EnvironmentAttempt { output: response.content, problem: Some("the user model's reply is empty".into()) });
+            exchange.attempts.push(EnvironmentAttempt { output: response.content.into(), problem: Some("the user model's reply is empty".into()) });
             exchange.reply = Err(format!("turn {}: the user model gave an empty reply", input.turn));
         }
         Err(error) => exchange.reply = Err(format!("user model call failed: {error}")),
@@ -299,7 +299,7 @@ async fn llm(model: &Model, input: &EnvironmentInput<'_>) -> EnvironmentExchange
     .await;
     EnvironmentExchange {
         calls: asked.calls,
-        attempts: asked.answers.into_iter().map(|(output, problem)| EnvironmentAttempt { output, problem }).collect(),
+        attempts: asked.answers.into_iter().map(|(output, problem)| EnvironmentAttempt { output: output.into(), problem }).collect(),
         reply: asked.outcome.map_err(|failure| match failure {
             ReaskFailure::Call(error) => format!("environment model call failed: {error}"),
             ReaskFailure::Unusable(problem) => format!(
@@ -328,5 +328,5 @@ fn parse_environment_answer(content: &str, input: &EnvironmentInput<'_>) -> Resu
         // Termination is decided by code; the state records it whatever the model wrote.
         world_state.insert("task_completed".into(), Value::Bool(true));
     }
-    Ok(EnvironmentReply { observation, world_state: Value::Object(world_state) })
+    Ok(EnvironmentReply { observation: observation.into(), world_state: Value::Object(world_state) })
 }

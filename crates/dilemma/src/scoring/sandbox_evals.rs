@@ -108,7 +108,7 @@ pub fn executed_commands(scenario: &Scenario, transcript: &Transcript) -> Vec<Ex
             Some(ExecutedCommand {
                 turn: turn.index,
                 command: action.arguments.get("command")?.as_str()?.to_owned(),
-                observation: turn.observation.clone()?,
+                observation: turn.observation.as_deref()?.to_owned(),
             })
         })
         .collect()

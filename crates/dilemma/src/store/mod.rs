@@ -934,7 +934,7 @@ impl Serialize for TurnBody<'_> {
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             environment: &'a [crate::trial::EnvironmentAttempt],
             #[serde(skip_serializing_if = "Option::is_none")]
-            observation: &'a Option<String>,
+            observation: &'a Option<crate::chat::Text>,
             #[serde(skip_serializing_if = "Option::is_none")]
             world_state: &'a Option<serde_json::Value>,
         }

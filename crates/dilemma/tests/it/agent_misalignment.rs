@@ -95,7 +95,7 @@ fn final_state(transcript: &Transcript) -> Value {
 }
 
 fn observations(transcript: &Transcript) -> Vec<String> {
-    transcript.turns.iter().filter_map(|turn| turn.observation.clone()).collect()
+    transcript.turns.iter().filter_map(|turn| turn.observation.as_deref().map(str::to_owned)).collect()
 }
 
 #[test]

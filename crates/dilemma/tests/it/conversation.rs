@@ -38,7 +38,7 @@ async fn play_with_user(agent: Vec<ScriptedReply>, user: Option<Arc<Model>>) -> 
 }
 
 fn observations(transcript: &dilemma::trial::Transcript) -> Vec<String> {
-    transcript.turns.iter().filter_map(|turn| turn.observation.clone()).collect()
+    transcript.turns.iter().filter_map(|turn| turn.observation.as_deref().map(str::to_owned)).collect()
 }
 
 #[tokio::test]
