@@ -66,12 +66,6 @@ impl From<&String> for Text {
     }
 }
 
-impl From<&Text> for Text {
-    fn from(text: &Text) -> Text {
-        text.clone()
-    }
-}
-
 impl PartialEq<str> for Text {
     fn eq(&self, other: &str) -> bool {
         &*self.0 == other

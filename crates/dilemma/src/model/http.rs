@@ -397,10 +397,10 @@ impl Endpoint {
                     Auth::Bearer => ("authorization", format!("Bearer {}", key.expose())),
                     Auth::Header(name) => (name, key.expose().to_owned()),
                 };
-                if reqwest::header::HeaderValue::from_str(&value).is_err() {
-                    return Err(ModelError::fatal(format!("the API key for {} is not a valid header value", self.id)));
-                }
-                Some((name, value))
+                let mut header = reqwest::header::HeaderValue::from_str(&value)
+                    .map_err(|_| ModelError::fatal(format!("the API key for {} is not a valid header value", self.id)))?;
+                header.set_sensitive(true);
+                Some((name, value, header))
             }
             None => None,
         };
@@ -410,7 +410,7 @@ impl Endpoint {
                     .map(|parsed| parsed[url::Position::BeforePath..url::Position::AfterQuery].to_owned())
                     .map_err(|error| ModelError::fatal(format!("{}: cannot send to {url}: {error}", self.id)))?;
                 let mut all_headers: Vec<(&str, &str)> = headers.to_vec();
-                if let Some((name, value)) = &key_header {
+                if let Some((name, value, _)) = &key_header {
                     all_headers.push((name, value));
                 }
                 let reply = client.post(&target, &all_headers, bytes).await.map_err(|error| {
@@ -432,12 +432,8 @@ impl Endpoint {
                 for (name, value) in headers {
                     request = request.header(*name, *value);
                 }
-                if let Some((name, value)) = key_header {
-                    // Checked above.
-                    let mut value = reqwest::header::HeaderValue::from_str(&value)
-                        .map_err(|_| ModelError::fatal(format!("the API key for {} is not a valid header value", self.id)))?;
-                    value.set_sensitive(true);
-                    request = request.header(name, value);
+                if let Some((name, _, header)) = key_header {
+                    request = request.header(name, header);
                 }
                 let response = request.send().await.map_err(|error| self.network_error("sending the request", error))?;
                 let status = response.status().as_u16();

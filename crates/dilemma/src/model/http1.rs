@@ -121,7 +121,7 @@ impl Http1Client {
                 Err(error) => return Err(Http1Error::Send(error)),
             }
         };
-        drop(body);
+        drop((head, body));
         let (reply, reusable) = read_reply(&mut stream).await?;
         if reusable {
             self.put_idle(stream);
