@@ -112,6 +112,19 @@ def shown(command):
     return text.replace(ROOT + "/", "").replace(CACHE.replace(ROOT + "/", ""), ".cache/bench")
 
 
+def listen_overflows():
+    """The kernel's count of connections dropped because a listen queue was full
+    (TcpExt ListenOverflows): each costs the client TCP's one-second SYN retry, so a run that
+    has any measured the queue, not the tool. None where /proc/net/netstat is not readable."""
+    try:
+        with open("/proc/net/netstat") as netstat:
+            lines = [line.split() for line in netstat if line.startswith("TcpExt:")]
+        names, values = lines[0], lines[1]
+        return int(values[names.index("ListenOverflows")])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Mock:
     """dilemma-mock on a free loopback port, stopped with SIGINT."""
 
@@ -176,9 +189,14 @@ def w1_run(tool, trials, concurrency, tag):
                 "--log-dir", os.path.join(work, "logs"),
             ]
             env = clean_env({"MOCK_API_KEY": "bench", "MOCK_BASE_URL": mock.url + "/v1"})
+        overflows_before = listen_overflows()
         result = timed(
             command, env=env, stdout_path=os.path.join(work, "stdout"), stderr_path=os.path.join(work, "stderr"),
             time_path=os.path.join(work, "time"),
+        )
+        overflows_after = listen_overflows()
+        result["listen_overflows"] = (
+            overflows_after - overflows_before if overflows_before is not None and overflows_after is not None else None
         )
         stats = mock.stats()
         result["mock_cpu_s"] = mock.cpu_s()
@@ -252,6 +270,7 @@ W1_METRICS = [
     ("requests", "model calls (mock count)", "{:,.0f}"),
     ("mock_cpu_s", "mock server CPU (s)", "{:.2f}"),
     ("cpu_floor_s", "CPU floor: (tool + mock CPU) ÷ nproc (s)", "{:.2f}"),
+    ("listen_overflows", "connections dropped at the mock's listen queue", "{:,.0f}"),
 ]
 
 

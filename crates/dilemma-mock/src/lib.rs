@@ -232,9 +232,20 @@ impl Drop for MockHandle {
     }
 }
 
+/// Connections waiting to be accepted, at most (see [`serve`]).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Starts the mock on 127.0.0.1 and returns its address and a handle that stops it.
 pub async fn serve(config: MockConfig) -> std::io::Result<(SocketAddr, MockHandle)> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+    // The queue of connections the kernel completes before they are accepted. Tokio's
+    // `TcpListener::bind` asks for 128, so a client opening hundreds of connections at once
+    // overflows it, and every dropped handshake is retried only after TCP's one-second
+    // timeout (`ListenOverflows` in `nstat`). Servers built for load ask for more (uvicorn
+    // 2048, nginx 511); the kernel caps the request at `net.core.somaxconn`.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], config.port)))?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     let address = listener.local_addr()?;
     let (stop, shutdown) = watch::channel(false);
     let shared = Arc::new(Shared { config, sequence: AtomicU64::new(0), stats: Mutex::new(Stats::new()), shutdown });
