@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 use serde::Serialize;
 
 use crate::chat::{ChatRequest, Message, OutputFormat, Sampling, Speaker, Text, ToolCall};
-use crate::model::HashWriter;
 use crate::store::StoreError;
 
 /// Stored requests: 1 is the ChatRequest as JSON (stores written before migration 004).
@@ -40,26 +39,6 @@ pub(super) fn digest(bytes: &[u8]) -> Digest128 {
     let mut short = [0u8; 16];
     short.copy_from_slice(&full[..16]);
     short
-}
-
-/// The digest of each message, to find the prefix a call shares with the previous one.
-pub(super) fn message_digests(messages: &[Message]) -> Vec<Digest128> {
-    messages
-        .iter()
-        .map(|message| {
-            let mut hasher = Sha256::new();
-            // Serialising into the hasher cannot fail: `HashWriter` never does.
-            let _ = serde_json::to_writer(HashWriter(&mut hasher), message);
-            let mut short = [0u8; 16];
-            short.copy_from_slice(&hasher.finalize()[..16]);
-            short
-        })
-        .collect()
-}
-
-/// How many leading messages two calls share.
-pub(super) fn common_prefix(previous: &[Digest128], current: &[Digest128]) -> usize {
-    previous.iter().zip(current).take_while(|(left, right)| left == right).count()
 }
 
 /// A request as stored, borrowing from the request: written directly, so that storing a
@@ -99,7 +78,7 @@ pub(super) fn encode_request(
     tools: Option<&str>,
     output: Option<&str>,
     mut share: impl FnMut(&str) -> Result<String, StoreError>,
-) -> Result<String, StoreError> {
+) -> Result<Box<serde_json::value::RawValue>, StoreError> {
     // Destructured in full, so that a new field of `ChatRequest` cannot be left out here.
     let ChatRequest { messages, tools: _, output: output_format, sampling } = request;
     let mut stored = Vec::with_capacity(messages.len().saturating_sub(inherited));
@@ -121,7 +100,8 @@ pub(super) fn encode_request(
         output_text: output,
         sampling,
     };
-    Ok(serde_json::to_string(&view)?)
+    // A raw value built by serialising, not parsed: the archive takes it as it is.
+    Ok(serde_json::value::to_raw_value(&view)?)
 }
 
 /// The text a tool list or an output format is shared as, when it is long enough to be.

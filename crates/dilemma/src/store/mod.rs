@@ -159,9 +159,13 @@ pub struct SynthCandidateRecord {
 pub struct Store {
     connection: Connection,
     path: String,
-    /// Per unfinished trial and role: digests of the messages its last stored call sent, so
-    /// the next call stores only what is new (see `calls`).
-    sent: HashMap<String, HashMap<ModelRole, Vec<calls::Digest128>>>,
+    /// Per unfinished trial and role: the messages its last stored call sent, so the next
+    /// call stores only what is new (see `calls`). Clones of a conversation's messages share
+    /// their texts, so comparing one with the next is mostly pointer comparisons.
+    sent: HashMap<String, HashMap<ModelRole, Vec<crate::chat::Message>>>,
+    /// The archive of each trial started through this store, built as its turns are
+    /// journaled, so finishing it needs no read-back of the journal (see `archive`).
+    building: HashMap<String, archive::Archive>,
     /// Texts this connection has put into `texts`, so each is inserted once.
     shared_texts: HashSet<calls::Digest128>,
     /// Tool lists seen, by address (each kept alive here so the address stays its own), with
@@ -184,7 +188,7 @@ impl Store {
             let _ = std::fs::create_dir_all(parent);
         }
         let connection = Connection::open(path).map_err(|source| StoreError::Sqlite { path: shown.clone(), source })?;
-        let mut store = Store { connection, path: shown, sent: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
+        let mut store = Store { connection, path: shown, sent: HashMap::new(), building: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
         store.configure()?;
         Ok(store)
     }
@@ -193,7 +197,7 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let connection =
             Connection::open_in_memory().map_err(|source| StoreError::Sqlite { path: ":memory:".into(), source })?;
-        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
+        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), building: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
         store.configure()?;
         Ok(store)
     }
@@ -352,6 +356,8 @@ impl Store {
         if changed == 0 {
             return Err(self.missing_or_finished(run, trial));
         }
+        self.sent.remove(trial);
+        self.building.insert(trial.to_owned(), archive::Archive::default());
         Ok(())
     }
 
@@ -382,6 +388,9 @@ impl Store {
         self.shared_texts.clear();
         self.tool_lists.clear();
         self.sent.clear();
+        // What was journaled in the group is gone; the archives of the trials it touched
+        // are read back from the journal instead.
+        self.building.clear();
     }
 
     /// Commits the group [`Store::begin_group`] opened (rolling it back if the commit fails).
@@ -398,19 +407,23 @@ impl Store {
     /// stored compactly (see `calls`); a response the response cache holds is referred to
     /// by its key.
     pub fn record_turn(&mut self, run: &str, trial: &str, turn: &Turn) -> Result<(), StoreError> {
-        let body = serde_json::to_string(&TurnBody(turn))?;
+        use serde_json::value::to_raw_value;
+        let body = to_raw_value(&TurnBody(turn))?;
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let mut sent = self.sent.get(trial).cloned().unwrap_or_default();
+        let mut sent = self.sent.remove(trial).unwrap_or_default();
         let mut new_texts = Vec::new();
         let shared_texts = &self.shared_texts;
         let tool_lists = &mut self.tool_lists;
-        atomically(&self.connection, &self.path, |connection| {
+        // The archive's copy of each call, when this trial's archive is being built.
+        let building = self.building.contains_key(trial);
+        let mut archived = Vec::new();
+        let written = atomically(&self.connection, &self.path, |connection| {
             connection
                 .prepare_cached(
                     "INSERT INTO turns (run_id, trial_key, turn_index, body, recorded_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
                 )
-                .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body]))
+                .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body.get()]))
                 .map_err(sql)?;
             {
                 let mut insert = connection
@@ -423,12 +436,12 @@ impl Store {
                     let cache_key = call.cache_key.as_deref().filter(|_| call.result.is_ok());
                     let (response, error) = match &call.result {
                         Ok(_) if cache_key.is_some() => (None, None),
-                        Ok(response) => (Some(serde_json::to_string(response)?), None),
-                        Err(error) => (None, Some(serde_json::to_string(error)?)),
+                        Ok(response) => (Some(to_raw_value(response)?), None),
+                        Err(error) => (None, Some(to_raw_value(error)?)),
                     };
-                    let digests = calls::message_digests(&call.request.messages);
+                    let messages = &call.request.messages;
                     let previous = sent.get(&call.role).map_or(&[][..], Vec::as_slice);
-                    let inherited = calls::common_prefix(previous, &digests);
+                    let inherited = previous.iter().zip(messages).take_while(|(left, right)| left == right).count();
                     let mut share = |text: &str| -> Result<String, StoreError> {
                         let hash = calls::digest(text.as_bytes());
                         let reference = hex::encode(hash);
@@ -457,6 +470,7 @@ impl Store {
                         output_reference.as_deref(),
                         share,
                     )?;
+                    let failed_attempts = to_raw_value(&call.failed_attempts)?;
                     let usage = call.usage();
                     insert
                         .execute(params![
@@ -466,26 +480,60 @@ impl Store {
                             seq as i64,
                             call.role.as_str(),
                             call.model,
-                            request,
-                            response,
-                            error,
+                            request.get(),
+                            response.as_ref().map(|response| response.get()),
+                            error.as_ref().map(|error| error.get()),
                             sql_int(usage.prompt_tokens),
                             sql_int(usage.completion_tokens),
                             sql_int(call.latency_ms),
-                            serde_json::to_string(&call.failed_attempts)?,
+                            failed_attempts.get(),
                             call.cached,
                             calls::FORMAT_COMPACT,
                             inherited as i64,
                             cache_key,
                         ])
                         .map_err(sql)?;
-                    sent.insert(call.role, digests);
+                    sent.insert(call.role, messages.clone());
+                    if building {
+                        // The archive holds every response inline, also one the cache holds.
+                        let response = match (&response, &call.result) {
+                            (None, Ok(answer)) => Some(to_raw_value(answer)?),
+                            _ => response,
+                        };
+                        archived.push(archive::ArchivedCall {
+                            turn: turn.index,
+                            seq: seq as u32,
+                            role: call.role.as_str().to_owned(),
+                            model: call.model.clone(),
+                            format: calls::FORMAT_COMPACT,
+                            inherited,
+                            request,
+                            response,
+                            error,
+                            prompt_tokens: sql_int(usage.prompt_tokens),
+                            completion_tokens: sql_int(usage.completion_tokens),
+                            latency_ms: sql_int(call.latency_ms),
+                            failed_attempts,
+                            cached: call.cached,
+                            cache_key: cache_key.map(str::to_owned),
+                        });
+                    }
                 }
             }
             Ok(())
-        })?;
+        });
+        if let Err(error) = written {
+            // The trial's journal now lacks this turn: its archive is read back if it ever
+            // finishes, and its next call stores its whole conversation.
+            self.building.remove(trial);
+            return Err(error);
+        }
         self.shared_texts.extend(new_texts);
         self.sent.insert(trial.to_owned(), sent);
+        if let Some(archive) = self.building.get_mut(trial) {
+            archive.turns.push(body);
+            archive.calls.extend(archived);
+        }
         Ok(())
     }
 
@@ -493,13 +541,17 @@ impl Store {
     pub fn finish_trial(&mut self, run: &str, trial: &str, outcome: &Outcome) -> Result<(), StoreError> {
         let class = outcome.class.map(|class| class.as_str());
         let outcome_json = serde_json::to_string(outcome)?;
+        let built = self.building.remove(trial);
         let changed = atomically(&self.connection, &self.path, |connection| {
             let finish = || -> rusqlite::Result<usize> {
                 let changed = connection
                     .prepare_cached("UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'")?
                     .execute(params![run, trial, outcome_json, outcome.status.as_str(), class])?;
                 if changed > 0 {
-                    archive::archive_trial(connection, run, trial)?;
+                    match built {
+                        Some(built) => archive::archive_built(connection, run, trial, built)?,
+                        None => archive::archive_trial(connection, run, trial)?,
+                    }
                 }
                 Ok(changed)
             };

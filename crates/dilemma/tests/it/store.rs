@@ -207,3 +207,57 @@ async fn a_run_commits_its_cache_answers_with_its_journal_and_hands_the_writer_b
     // A cache on another store is not lent a run's writer.
     assert!(!cache.share_writer("elsewhere.sqlite", None));
 }
+
+/// The decompressed archive document of each trial of `run`, by trial key.
+fn archive_documents(path: &std::path::Path, run: &str) -> Vec<serde_json::Value> {
+    use std::io::Read;
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let mut statement = connection.prepare("SELECT body FROM trial_archives WHERE run_id = ?1 ORDER BY trial_key").unwrap();
+    let bodies: Vec<Vec<u8>> = statement.query_map([run], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+    bodies
+        .iter()
+        .map(|body| {
+            let mut json = String::new();
+            flate2::read::ZlibDecoder::new(&body[..]).read_to_string(&mut json).unwrap();
+            serde_json::from_str(&json).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_archive_built_while_journaling_equals_the_one_read_back_from_the_journal() {
+    // Two roles, a re-ask, and an agent answer the response cache holds (so the journal row
+    // refers to the cache and the archive must carry the response inline).
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("s.sqlite");
+    let cache = Arc::new(StoreCache::open(&path).unwrap());
+    let replies = vec![ScriptedReply::content("Let me think."), ScriptedReply::tool_id(1), ScriptedReply::tool_id(6)];
+    let provider = dilemma::model::scripted::ScriptedModel::new("scripted:agent", replies).unwrap();
+    let agent = dilemma::model::Model::new(Arc::new(Cacheable(provider)), ModelRole::Agent, dilemma::model::CallPolicy::default())
+        .with_cache(cache.clone());
+    let environment = scripted(
+        ModelRole::Environment,
+        vec![ScriptedReply::json(json!({"updated_world_state": {"alerts": "off"}, "new_observation_for_agent": "ENV-LOG done"}))],
+    );
+    let (transcript, outcome) = play(tiny(), Arc::new(agent), Environment::Llm(environment), Protocol::Json).await;
+    assert!(transcript.turns.iter().flat_map(|turn| &turn.calls).any(|call| call.cache_key.is_some()), "some answer is cached");
+
+    // Built: journaled and finished by the same store.
+    let mut store = Store::open(&path).unwrap();
+    let (_, built) = journal(&mut store, "built", &transcript);
+    store.finish_trial("built", &built, &outcome).unwrap();
+    // Read back: journaled by one store, finished by another that did not see the turns.
+    let (_, read) = journal(&mut store, "read", &transcript);
+    drop(store);
+    let mut other = Store::open(&path).unwrap();
+    other.finish_trial("read", &read, &outcome).unwrap();
+
+    let (built_documents, read_documents) = (archive_documents(&path, "built"), archive_documents(&path, "read"));
+    assert_eq!(built_documents.len(), 1);
+    assert_eq!(built_documents, read_documents);
+    assert!(built_documents[0]["calls"].as_array().unwrap().iter().all(|call| !call["response"].is_null() || !call["error"].is_null()));
+    assert_eq!(other.transcript("built", &built).unwrap(), transcript.turns);
+    assert_eq!(other.transcript("read", &read).unwrap(), transcript.turns);
+    let rows: i64 = sql(&path, "SELECT (SELECT COUNT(*) FROM model_calls) + (SELECT COUNT(*) FROM turns)");
+    assert_eq!(rows, 0, "no journal rows are left for finished trials");
+}
