@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 
 use crate::environment::Environment;
@@ -354,13 +356,17 @@ enum WriterCommand {
     CacheWrite(Box<CacheWrite>),
 }
 
-/// Commands the writer commits together at most: a bound so one group never holds the
-/// store's lock for long.
-const MAX_GROUP: usize = 256;
+/// Starts, turns and outcomes the writer commits together at most: a bound so one group
+/// never holds the store's lock for long.
+const MAX_GROUP: usize = 512;
+
+/// How long a start, turn or outcome may wait for others to share its commit (see
+/// [`spawn_writer`]).
+const GROUP_LINGER: Duration = Duration::from_millis(5);
 
 /// Sends turns to the writer thread; the trial never waits on the disk.
 struct WriterJournal {
-    sender: mpsc::UnboundedSender<WriterCommand>,
+    sender: mpsc::Sender<WriterCommand>,
 }
 
 impl TurnJournal for WriterJournal {
@@ -377,79 +383,128 @@ impl TurnJournal for WriterJournal {
 }
 
 /// The single writer: owns the store on its own thread, so SQLite's synchronous writes never
-/// block the async workers, and writes are serialised without lock contention. It commits
-/// in groups: every command that queued up while the last group was being written goes into
-/// the next transaction, so under load one commit serves many turns. Commands of one trial
-/// stay in the order they were sent (start, turns, finish); an outcome is acknowledged only
-/// after the commit that holds it.
-fn spawn_writer(mut store: Store, run: String) -> (mpsc::UnboundedSender<WriterCommand>, std::thread::JoinHandle<Store>) {
-    let (sender, mut receiver) = mpsc::unbounded_channel::<WriterCommand>();
+/// block the async workers, and writes are serialised without lock contention. Commands of
+/// one trial stay in the order they were sent (start, turns, finish); an outcome is
+/// acknowledged only after the commit that holds it.
+///
+/// Two kinds of group, because only one kind has a caller waiting:
+/// - answers for the response cache: a model call returns only once its answer is committed,
+///   so whatever answers have queued up are committed at once, before anything else waiting;
+/// - starts, turns and outcomes: nothing waits for the first two, and an outcome's trial only
+///   waits to free its slot, so they are committed together once [`GROUP_LINGER`] has passed
+///   since the oldest of them arrived (or [`MAX_GROUP`] have queued). At hundreds of trials
+///   in flight a commit costs more than the writes in it (it rewrites every page they
+///   touched), so fewer, larger groups leave more of two cores to the trials.
+///
+/// Moving an answer ahead of queued turns never reorders what depends on it: a turn refers
+/// to its calls' answers, and each was committed before its call returned.
+fn spawn_writer(store: Store, run: String) -> (mpsc::Sender<WriterCommand>, std::thread::JoinHandle<Store>) {
+    let (sender, receiver) = mpsc::channel::<WriterCommand>();
     let handle = std::thread::spawn(move || {
-        // A failed start or turn write poisons that trial: its Finish reports the error
-        // instead of committing an outcome whose transcript is incomplete.
-        let mut failed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = receiver.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match receiver.try_recv() {
-                    Ok(command) => group.push(command),
-                    Err(_) => break,
+        let mut writer = GroupWriter { store, run, failed: std::collections::HashMap::new() };
+        let mut answers = Vec::new();
+        let mut queued = Vec::with_capacity(MAX_GROUP);
+        // When the oldest of `queued` arrived.
+        let mut oldest = Instant::now();
+        let mut open = true;
+        while open || !queued.is_empty() || !answers.is_empty() {
+            let wait = if queued.is_empty() { None } else { Some(GROUP_LINGER.saturating_sub(oldest.elapsed())) };
+            let received = match wait {
+                None => receiver.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(wait) => receiver.recv_timeout(wait),
+            };
+            let mut take = |command: WriterCommand| match command {
+                WriterCommand::CacheWrite(_) => answers.push(command),
+                command => {
+                    if queued.is_empty() {
+                        oldest = Instant::now();
+                    }
+                    queued.push(command);
                 }
+            };
+            match received {
+                Ok(command) => take(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
             }
-            // Without a group (the lock could not be had), each write commits on its own.
-            let grouped = store.begin_group().is_ok();
-            let mut written = Vec::new();
-            let mut finished = Vec::new();
-            let mut answers = Vec::new();
-            for command in group.drain(..) {
-                match command {
-                    WriterCommand::Start { trial } => {
-                        if let Err(error) = store.start_trial(&run, &trial) {
-                            failed.entry(trial.clone()).or_insert_with(|| format!("it could not be marked as started: {error}"));
-                        }
-                        written.push(trial);
-                    }
-                    WriterCommand::Turn { trial, turn } => {
-                        if let Err(error) = store.record_turn(&run, &trial, &turn) {
-                            tracing::error!(%trial, %error, "could not store a turn");
-                            failed.entry(trial.clone()).or_insert_with(|| format!("a turn of this trial could not be stored: {error}"));
-                        }
-                        written.push(trial);
-                    }
-                    WriterCommand::Finish { trial, outcome, ack } => {
-                        let result = match failed.remove(&trial) {
-                            Some(error) => Err(error),
-                            None => store.finish_trial(&run, &trial, &outcome).map_err(|error| error.to_string()),
-                        };
-                        finished.push((ack, result));
-                    }
-                    WriterCommand::CacheWrite(answer) => {
-                        let stored = store.put_cached_response(&answer);
-                        if let Err(error) = &stored {
-                            tracing::warn!(%error, "could not store an answer in the response cache");
-                        }
-                        answers.push((answer.durable, stored.is_ok()));
-                    }
-                }
+            while let Ok(command) = receiver.try_recv() {
+                take(command);
             }
-            let committed = if grouped { store.commit_group().map_err(|error| error.to_string()) } else { Ok(()) };
-            if let Err(error) = &committed {
-                tracing::error!(%error, "could not commit a group of writes");
-                for trial in written {
-                    failed.entry(trial).or_insert_with(|| format!("its writes could not be committed: {error}"));
-                }
+            if !answers.is_empty() {
+                writer.commit(&mut answers);
             }
-            for (ack, result) in finished {
-                let _ = ack.send(committed.clone().and(result));
-            }
-            for (durable, stored) in answers {
-                let _ = durable.send(stored && committed.is_ok());
+            if !queued.is_empty() && (!open || queued.len() >= MAX_GROUP || oldest.elapsed() >= GROUP_LINGER) {
+                writer.commit(&mut queued);
             }
         }
-        store
+        writer.store
     });
     (sender, handle)
+}
+
+/// The store writer's state between groups.
+struct GroupWriter {
+    store: Store,
+    run: String,
+    /// A failed start or turn write poisons that trial: its Finish reports the error instead
+    /// of committing an outcome whose transcript is incomplete.
+    failed: std::collections::HashMap<String, String>,
+}
+
+impl GroupWriter {
+    /// Writes `group` (emptying it) in one transaction and acknowledges what waits for it.
+    fn commit(&mut self, group: &mut Vec<WriterCommand>) {
+        let GroupWriter { store, run, failed } = self;
+        // Without a group (the lock could not be had), each write commits on its own.
+        let grouped = store.begin_group().is_ok();
+        let mut written = Vec::new();
+        let mut finished = Vec::new();
+        let mut answers = Vec::new();
+        for command in group.drain(..) {
+            match command {
+                WriterCommand::Start { trial } => {
+                    if let Err(error) = store.start_trial(run, &trial) {
+                        failed.entry(trial.clone()).or_insert_with(|| format!("it could not be marked as started: {error}"));
+                    }
+                    written.push(trial);
+                }
+                WriterCommand::Turn { trial, turn } => {
+                    if let Err(error) = store.record_turn(run, &trial, &turn) {
+                        tracing::error!(%trial, %error, "could not store a turn");
+                        failed.entry(trial.clone()).or_insert_with(|| format!("a turn of this trial could not be stored: {error}"));
+                    }
+                    written.push(trial);
+                }
+                WriterCommand::Finish { trial, outcome, ack } => {
+                    let result = match failed.remove(&trial) {
+                        Some(error) => Err(error),
+                        None => store.finish_trial(run, &trial, &outcome).map_err(|error| error.to_string()),
+                    };
+                    finished.push((ack, result));
+                }
+                WriterCommand::CacheWrite(answer) => {
+                    let stored = store.put_cached_response(&answer);
+                    if let Err(error) = &stored {
+                        tracing::warn!(%error, "could not store an answer in the response cache");
+                    }
+                    answers.push((answer.durable, stored.is_ok()));
+                }
+            }
+        }
+        let committed = if grouped { store.commit_group().map_err(|error| error.to_string()) } else { Ok(()) };
+        if let Err(error) = &committed {
+            tracing::error!(%error, "could not commit a group of writes");
+            for trial in written {
+                failed.entry(trial).or_insert_with(|| format!("its writes could not be committed: {error}"));
+            }
+        }
+        for (ack, result) in finished {
+            let _ = ack.send(committed.clone().and(result));
+        }
+        for (durable, stored) in answers {
+            let _ = durable.send(stored && committed.is_ok());
+        }
+    }
 }
 
 /// The run's writer, lent to the response caches of its store; taken back when dropped (also
@@ -496,7 +551,7 @@ fn plan_caches(plan: &Plan) -> Vec<Arc<dyn ResponseCache>> {
 pub async fn execute(
     plan: Plan,
     mut store: Store,
-    events: mpsc::UnboundedSender<RunEvent>,
+    events: tokio::sync::mpsc::UnboundedSender<RunEvent>,
 ) -> Result<(RunSummary, Store), RunError> {
     let start: RunStart = store.create_or_resume_run(&plan.run, &plan.rows, plan.retry_errors)?;
     let finished: HashSet<String> = start.finished.iter().cloned().collect();
@@ -646,9 +701,9 @@ fn check_task(done: Result<Result<(), String>, tokio::task::JoinError>) -> Resul
 
 async fn run_one(
     setup: TrialSetup,
-    writer: &mpsc::UnboundedSender<WriterCommand>,
+    writer: &mpsc::Sender<WriterCommand>,
     journal: &dyn TurnJournal,
-    events: &mpsc::UnboundedSender<RunEvent>,
+    events: &tokio::sync::mpsc::UnboundedSender<RunEvent>,
 ) -> Result<TrialStatus, String> {
     // Not awaited: the writer handles a trial's commands in order, and a start that cannot
     // be stored fails the trial's outcome instead.
