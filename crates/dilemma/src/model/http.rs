@@ -695,9 +695,41 @@ pub(crate) fn push_blocks(turns: &mut Vec<(&'static str, Vec<Value>)>, role: &'s
     }
 }
 
+/// A request body as JSON bytes of exactly its length. Serialised into a buffer each thread
+/// keeps (then copied once), because `serde_json::to_vec` starts small and doubles, so a
+/// conversation of a few kilobytes was copied six times as it grew. A buffer that a rare
+/// huge body grew past [`KEPT_BODY_BUFFER`] is given back.
+pub(crate) fn json_body<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        let written = serde_json::to_writer(&mut *buffer, value).map(|()| buffer.as_slice().to_vec());
+        if buffer.capacity() > KEPT_BODY_BUFFER {
+            *buffer = Vec::new();
+        }
+        written
+    })
+}
+
+/// The largest body buffer a thread keeps between requests (see [`json_body`]).
+const KEPT_BODY_BUFFER: usize = 1 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_body_is_the_same_bytes_as_to_vec_whatever_came_before_it() {
+        let small = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "héllo \"quoted\""}]});
+        let huge = serde_json::json!({"content": "x".repeat(KEPT_BODY_BUFFER + 10)});
+        for value in [&small, &huge, &small] {
+            let body = json_body(value).unwrap();
+            assert_eq!(body, serde_json::to_vec(value).unwrap());
+            assert_eq!(body.capacity(), body.len(), "the body holds no spare room");
+        }
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {

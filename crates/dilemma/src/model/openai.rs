@@ -238,7 +238,7 @@ pub fn request_bytes(request: &ChatRequest, model: &str, json_mode: JsonMode, to
             };
         }
     }
-    serde_json::to_vec(&Body {
+    http::json_body(&Body {
         model,
         messages,
         temperature: float_value(request.sampling.temperature),
