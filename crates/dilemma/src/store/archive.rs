@@ -53,7 +53,7 @@ pub(super) struct ArchivedCall {
     pub cache_key: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Archive {
     pub turns: Vec<Box<RawValue>>,
     pub calls: Vec<ArchivedCall>,
@@ -135,25 +135,6 @@ pub(super) fn archive_trial(connection: &Connection, run: &str, trial: &str) -> 
         }
     }
     store_archive(connection, run, trial, &archive)
-}
-
-/// Moves a finished trial's journal rows into `built`, the archive the writer assembled from
-/// the same turns as it journaled them (`Store::record_turn`): the same document as
-/// [`archive_trial`] reads back, without reading and re-parsing the rows. Falls back to
-/// reading them when the journal does not hold exactly the turns and calls `built` has
-/// (rows this store did not write).
-pub(super) fn archive_built(connection: &Connection, run: &str, trial: &str, built: Archive) -> rusqlite::Result<()> {
-    let (turns, calls): (i64, i64) = connection
-        .prepare_cached(
-            "SELECT (SELECT COUNT(*) FROM turns WHERE run_id = ?1 AND trial_key = ?2), \
-             (SELECT COUNT(*) FROM model_calls WHERE run_id = ?1 AND trial_key = ?2)",
-        )?
-        .query_row(params![run, trial], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    if usize::try_from(turns).ok() != Some(built.turns.len()) || usize::try_from(calls).ok() != Some(built.calls.len()) {
-        tracing::warn!(%trial, "the journal holds turns this writer did not record; archiving what it holds");
-        return archive_trial(connection, run, trial);
-    }
-    store_archive(connection, run, trial, &built)
 }
 
 /// Writes `archive` for the trial, hands it the cache's copies of its responses, and deletes

@@ -163,9 +163,6 @@ pub struct Store {
     /// call stores only what is new (see `calls`). Clones of a conversation's messages share
     /// their texts, so comparing one with the next is mostly pointer comparisons.
     sent: HashMap<String, HashMap<ModelRole, Vec<crate::chat::Message>>>,
-    /// The archive of each trial started through this store, built as its turns are
-    /// journaled, so finishing it needs no read-back of the journal (see `archive`).
-    building: HashMap<String, archive::Archive>,
     /// Texts this connection has put into `texts`, so each is inserted once.
     shared_texts: HashSet<calls::Digest128>,
     /// Tool lists seen, by address (each kept alive here so the address stays its own), with
@@ -188,7 +185,7 @@ impl Store {
             let _ = std::fs::create_dir_all(parent);
         }
         let connection = Connection::open(path).map_err(|source| StoreError::Sqlite { path: shown.clone(), source })?;
-        let mut store = Store { connection, path: shown, sent: HashMap::new(), building: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
+        let mut store = Store { connection, path: shown, sent: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
         store.configure()?;
         Ok(store)
     }
@@ -197,7 +194,7 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let connection =
             Connection::open_in_memory().map_err(|source| StoreError::Sqlite { path: ":memory:".into(), source })?;
-        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), building: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
+        let mut store = Store { connection, path: ":memory:".into(), sent: HashMap::new(), shared_texts: HashSet::new(), tool_lists: HashMap::new() };
         store.configure()?;
         Ok(store)
     }
@@ -357,7 +354,6 @@ impl Store {
             return Err(self.missing_or_finished(run, trial));
         }
         self.sent.remove(trial);
-        self.building.insert(trial.to_owned(), archive::Archive::default());
         Ok(())
     }
 
@@ -388,9 +384,6 @@ impl Store {
         self.shared_texts.clear();
         self.tool_lists.clear();
         self.sent.clear();
-        // What was journaled in the group is gone; the archives of the trials it touched
-        // are read back from the journal instead.
-        self.building.clear();
     }
 
     /// Commits the group [`Store::begin_group`] opened (rolling it back if the commit fails).
@@ -415,9 +408,6 @@ impl Store {
         let mut new_texts = Vec::new();
         let shared_texts = &self.shared_texts;
         let tool_lists = &mut self.tool_lists;
-        // The archive's copy of each call, when this trial's archive is being built.
-        let building = self.building.contains_key(trial);
-        let mut archived = Vec::new();
         let written = atomically(&self.connection, &self.path, |connection| {
             connection
                 .prepare_cached(
@@ -494,46 +484,15 @@ impl Store {
                         ])
                         .map_err(sql)?;
                     sent.insert(call.role, messages.clone());
-                    if building {
-                        // The archive holds every response inline, also one the cache holds.
-                        let response = match (&response, &call.result) {
-                            (None, Ok(answer)) => Some(to_raw_value(answer)?),
-                            _ => response,
-                        };
-                        archived.push(archive::ArchivedCall {
-                            turn: turn.index,
-                            seq: seq as u32,
-                            role: call.role.as_str().to_owned(),
-                            model: call.model.clone(),
-                            format: calls::FORMAT_COMPACT,
-                            inherited,
-                            request,
-                            response,
-                            error,
-                            prompt_tokens: sql_int(usage.prompt_tokens),
-                            completion_tokens: sql_int(usage.completion_tokens),
-                            latency_ms: sql_int(call.latency_ms),
-                            failed_attempts,
-                            cached: call.cached,
-                            cache_key: cache_key.map(str::to_owned),
-                        });
-                    }
                 }
             }
             Ok(())
         });
-        if let Err(error) = written {
-            // The trial's journal now lacks this turn: its archive is read back if it ever
-            // finishes, and its next call stores its whole conversation.
-            self.building.remove(trial);
-            return Err(error);
-        }
+        // A turn that could not be written leaves `sent` without the trial: its next call
+        // stores its whole conversation.
+        written?;
         self.shared_texts.extend(new_texts);
         self.sent.insert(trial.to_owned(), sent);
-        if let Some(archive) = self.building.get_mut(trial) {
-            archive.turns.push(body);
-            archive.calls.extend(archived);
-        }
         Ok(())
     }
 
@@ -541,17 +500,13 @@ impl Store {
     pub fn finish_trial(&mut self, run: &str, trial: &str, outcome: &Outcome) -> Result<(), StoreError> {
         let class = outcome.class.map(|class| class.as_str());
         let outcome_json = serde_json::to_string(outcome)?;
-        let built = self.building.remove(trial);
         let changed = atomically(&self.connection, &self.path, |connection| {
             let finish = || -> rusqlite::Result<usize> {
                 let changed = connection
                     .prepare_cached("UPDATE trials SET status = 'finished', outcome = ?3, outcome_status = ?4, class = ?5, finished_at = datetime('now') WHERE run_id = ?1 AND key = ?2 AND status <> 'finished'")?
                     .execute(params![run, trial, outcome_json, outcome.status.as_str(), class])?;
                 if changed > 0 {
-                    match built {
-                        Some(built) => archive::archive_built(connection, run, trial, built)?,
-                        None => archive::archive_trial(connection, run, trial)?,
-                    }
+                    archive::archive_trial(connection, run, trial)?;
                 }
                 Ok(changed)
             };
