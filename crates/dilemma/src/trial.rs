@@ -138,9 +138,11 @@ pub trait TurnJournal: Send + Sync {
     /// Takes the finished turn, with its model calls.
     fn record_turn(&self, trial: &str, turn: Turn) -> Result<(), String>;
 
-    /// Whether the [`Transcript`] that [`run_trial`] returns keeps each call's request. A
-    /// journal that stores the requests says no, so a trial in flight holds its conversation
-    /// once (in its history) rather than once more per call; the stored transcript has them.
+    /// Whether the [`Transcript`] that [`run_trial`] returns keeps every turn whole. A journal
+    /// that stores the turns says no, so a trial in flight holds its conversation once (in its
+    /// history) rather than once more per call: the returned turns then lack each call's
+    /// request and raw reply ([`Turn::without_requests`]) and every world state but the
+    /// latest, which is all scoring reads; the stored transcript has everything.
     fn transcript_keeps_requests(&self) -> bool {
         true
     }
@@ -485,7 +487,18 @@ impl TrialState<'_> {
             let result = self.play_turn(&mut turn).instrument(tracing::info_span!("turn", index)).await;
             let terminal = turn.action.as_ref().is_some_and(|action| action.terminal);
             self.retries += turn.calls.iter().map(|call| call.failed_attempts.len() as u32).sum::<u32>();
-            let kept = if self.journal.transcript_keeps_requests() { turn.clone() } else { turn.without_requests() };
+            let kept = if self.journal.transcript_keeps_requests() {
+                turn.clone()
+            } else {
+                // Scoring reads only the latest world state, so an earlier one kept in memory
+                // would only be a copy of what the journal already stores.
+                if turn.world_state.is_some()
+                    && let Some(earlier) = self.turns.iter_mut().rev().find(|earlier| earlier.world_state.is_some())
+                {
+                    earlier.world_state = None;
+                }
+                turn.without_requests()
+            };
             self.turns.push(kept);
             if let Err(error) = self.journal.record_turn(&self.setup.key, turn) {
                 return (TrialStatus::InfrastructureError, Some(format!("could not journal turn {index}: {error}")));
