@@ -479,9 +479,9 @@ CAUSES = {
         "of a wave answer within milliseconds of each other: each of a trial's seven steps is 50 ms of waiting and "
         "then a burst of 500 answers to parse, journal and commit and 500 requests for the mock to parse and answer, "
         "which on two cores takes tens of milliseconds more. The scaling table shows it: at 50 concurrent the wall is "
-        "close to the ideal, and from 500 up it stops falling at the CPU floor's neighbourhood, whatever the "
-        "concurrency. The target would need (dilemma + mock) CPU per call of about 20 µs here (500 × 20 µs ÷ 2 "
-        "cores = 5 ms per step); the mock alone spends about 100 µs. Measured this session (probe around each "
+        "close to the ideal, and from 500 up it stops falling, at about one and a half times the CPU floor, "
+        "whatever the concurrency. By this reckoning the target would need (dilemma + mock) CPU per call of about 20 µs "
+        "here (500 × 20 µs ÷ 2 cores = 5 ms per step); the mock alone spends about 100 µs. Measured this session (probe around each "
         "`Model::call`): a call's answer waits 15–22 ms for its commit to the response cache, most of it for a CPU "
         "while the burst is processed (answers are committed ahead of queued turns; splitting and lingering groups "
         "cut commits per run from ~1,300 to ~400 without moving that wait much). Fixed this session: the mock's "
@@ -517,9 +517,12 @@ CAUSES = {
         "the system's root certificates; a plain-HTTP one does not.)"
     ),
     "w2_tg": (
-        "Generation samples in Rust: for every token `pick` (crates/dilemma-local/src/engine.rs) copies "
-        "all 49,152 logits into a `Vec<LlamaTokenData>` and runs the sampler over the full array, "
-        "and each token is a separate `decode` of a one-token batch; llama-bench decodes without sampling."
+        "Both sides generate with llama.cpp's own `decode`, one token per batch. Per token the local side adds "
+        "a greedy scan over the 49,152 logits (`pick`, crates/dilemma-local/src/engine.rs), detokenisation and "
+        "stop checks: tens of microseconds against 8–10 ms per token. What moves this ratio is other processes' "
+        "load on the two shared cores, which two-thread generation (a barrier per layer) feels most: compare "
+        "the rounds, whose pairs (llama-bench, then the local provider) differ by more than the gap. Earlier full runs gave 0.94×, 0.96× and "
+        "0.82× with the same code; the one-thread rows stay at 0.95–1.0×."
     ),
     "w2_pp": "Prompt evaluation is llama.cpp's own `decode` on 512-token batches in both; a gap here is load on the shared cores (see the rounds).",
     "w4_report": (
