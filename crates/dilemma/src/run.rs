@@ -407,28 +407,33 @@ fn spawn_writer(store: Store, run: String) -> (mpsc::Sender<WriterCommand>, std:
         // When the oldest of `queued` arrived.
         let mut oldest = Instant::now();
         let mut open = true;
-        while open || !queued.is_empty() || !answers.is_empty() {
+        // Answers never wait from one pass to the next; queued commands may, for the linger.
+        while open || !queued.is_empty() {
             let wait = if queued.is_empty() { None } else { Some(GROUP_LINGER.saturating_sub(oldest.elapsed())) };
             let received = match wait {
                 None => receiver.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
                 Some(wait) => receiver.recv_timeout(wait),
             };
-            let mut take = |command: WriterCommand| match command {
+            // Answers to their own group; the rest queued, noting when the oldest came.
+            let take = |command: WriterCommand, answers: &mut Vec<_>, queued: &mut Vec<_>, oldest: &mut Instant| match command {
                 WriterCommand::CacheWrite(_) => answers.push(command),
                 command => {
                     if queued.is_empty() {
-                        oldest = Instant::now();
+                        *oldest = Instant::now();
                     }
                     queued.push(command);
                 }
             };
             match received {
-                Ok(command) => take(command),
+                Ok(command) => take(command, &mut answers, &mut queued, &mut oldest),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
             }
-            while let Ok(command) = receiver.try_recv() {
-                take(command);
+            while queued.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(command) => take(command, &mut answers, &mut queued, &mut oldest),
+                    Err(_) => break,
+                }
             }
             if !answers.is_empty() {
                 writer.commit(&mut answers);

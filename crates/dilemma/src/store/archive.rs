@@ -134,16 +134,10 @@ pub(super) fn archive_trial(connection: &Connection, run: &str, trial: &str) -> 
             archive.calls.push(call);
         }
     }
-    store_archive(connection, run, trial, &archive)
-}
-
-/// Writes `archive` for the trial, hands it the cache's copies of its responses, and deletes
-/// the journal rows it replaces.
-fn store_archive(connection: &Connection, run: &str, trial: &str, archive: &Archive) -> rusqlite::Result<()> {
     if archive.turns.is_empty() && archive.calls.is_empty() {
         return Ok(());
     }
-    let body = compress(archive).map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
+    let body = compress(&archive).map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
     let (turns, calls) = (archive.turns.len() as i64, archive.calls.len() as i64);
     connection
         .prepare_cached("INSERT INTO trial_archives (run_id, trial_key, turns, calls, body) VALUES (?1, ?2, ?3, ?4, ?5)")?

@@ -78,7 +78,7 @@ pub(super) fn encode_request(
     tools: Option<&str>,
     output: Option<&str>,
     mut share: impl FnMut(&str) -> Result<String, StoreError>,
-) -> Result<Box<serde_json::value::RawValue>, StoreError> {
+) -> Result<String, StoreError> {
     // Destructured in full, so that a new field of `ChatRequest` cannot be left out here.
     let ChatRequest { messages, tools: _, output: output_format, sampling } = request;
     let mut stored = Vec::with_capacity(messages.len().saturating_sub(inherited));
@@ -100,8 +100,7 @@ pub(super) fn encode_request(
         output_text: output,
         sampling,
     };
-    // A raw value built by serialising, not parsed: the archive takes it as it is.
-    Ok(serde_json::value::to_raw_value(&view)?)
+    Ok(serde_json::to_string(&view)?)
 }
 
 /// The text a tool list or an output format is shared as, when it is long enough to be.

@@ -400,8 +400,7 @@ impl Store {
     /// stored compactly (see `calls`); a response the response cache holds is referred to
     /// by its key.
     pub fn record_turn(&mut self, run: &str, trial: &str, turn: &Turn) -> Result<(), StoreError> {
-        use serde_json::value::to_raw_value;
-        let body = to_raw_value(&TurnBody(turn))?;
+        let body = serde_json::to_string(&TurnBody(turn))?;
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
         let mut sent = self.sent.remove(trial).unwrap_or_default();
@@ -413,7 +412,7 @@ impl Store {
                 .prepare_cached(
                     "INSERT INTO turns (run_id, trial_key, turn_index, body, recorded_at) VALUES (?1, ?2, ?3, ?4, datetime('now'))",
                 )
-                .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body.get()]))
+                .and_then(|mut statement| statement.execute(params![run, trial, turn.index, body]))
                 .map_err(sql)?;
             {
                 let mut insert = connection
@@ -426,8 +425,8 @@ impl Store {
                     let cache_key = call.cache_key.as_deref().filter(|_| call.result.is_ok());
                     let (response, error) = match &call.result {
                         Ok(_) if cache_key.is_some() => (None, None),
-                        Ok(response) => (Some(to_raw_value(response)?), None),
-                        Err(error) => (None, Some(to_raw_value(error)?)),
+                        Ok(response) => (Some(serde_json::to_string(response)?), None),
+                        Err(error) => (None, Some(serde_json::to_string(error)?)),
                     };
                     let messages = &call.request.messages;
                     let previous = sent.get(&call.role).map_or(&[][..], Vec::as_slice);
@@ -460,7 +459,6 @@ impl Store {
                         output_reference.as_deref(),
                         share,
                     )?;
-                    let failed_attempts = to_raw_value(&call.failed_attempts)?;
                     let usage = call.usage();
                     insert
                         .execute(params![
@@ -470,13 +468,13 @@ impl Store {
                             seq as i64,
                             call.role.as_str(),
                             call.model,
-                            request.get(),
-                            response.as_ref().map(|response| response.get()),
-                            error.as_ref().map(|error| error.get()),
+                            request,
+                            response,
+                            error,
                             sql_int(usage.prompt_tokens),
                             sql_int(usage.completion_tokens),
                             sql_int(call.latency_ms),
-                            failed_attempts.get(),
+                            serde_json::to_string(&call.failed_attempts)?,
                             call.cached,
                             calls::FORMAT_COMPACT,
                             inherited as i64,
