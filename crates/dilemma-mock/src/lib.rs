@@ -31,7 +31,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -334,14 +334,11 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         shared.stats().last_answer_unix_us = Some(unix_micros());
         return response;
     }
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(request @ Value::Object(_)) => request,
-        _ => {
-            let mut stats = shared.stats();
-            stats.bad_requests += 1;
-            stats.last_answer_unix_us = Some(unix_micros());
-            return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "the request body is not a JSON object");
-        }
+    let Some(request) = reply::ChatRequest::parse(&body) else {
+        let mut stats = shared.stats();
+        stats.bad_requests += 1;
+        stats.last_answer_unix_us = Some(unix_micros());
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "the request body is not a JSON object");
     };
     let answer = reply::chat_completion_scripted(&request, shared.config.policy, sequence, &shared.config.script);
     {

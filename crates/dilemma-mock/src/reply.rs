@@ -12,6 +12,10 @@
 //! repeats), so "six tool calls, then a terminal one" or "then a plain text answer" can be
 //! expressed whatever the client's concurrency.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -66,18 +70,96 @@ impl std::str::FromStr for ScriptStep {
     }
 }
 
+/// The parts of a chat request the mock reads, borrowed from the body.
+///
+/// The messages stay unparsed text: the mock hashes them (see [`messages_digest`]) and counts
+/// the assistant turns among them, and building them into a `Value` tree was most of its
+/// CPU per call. It shares the cores with the client it serves, so that cost lands in the
+/// client's benchmark.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest<'a> {
+    #[serde(default, borrow)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub messages: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub tools: Option<&'a RawValue>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+}
+
+impl<'a> ChatRequest<'a> {
+    /// Reads a request body; `None` when it is not a JSON object with the fields above.
+    pub fn parse(body: &'a [u8]) -> Option<Self> {
+        // A derived struct also accepts a JSON array of its fields in order; a request is an
+        // object.
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The assistant messages the request carries (messages that are not objects with a
+    /// string `role` do not count).
+    pub fn assistant_turns(&self) -> usize {
+        #[derive(Deserialize)]
+        struct Role<'a> {
+            #[serde(borrow)]
+            role: Option<Cow<'a, str>>,
+        }
+        let Some(messages) = self.messages.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok()) else {
+            return 0;
+        };
+        messages
+            .iter()
+            .filter(|message| {
+                serde_json::from_str::<Role>(message.get()).ok().and_then(|message| message.role).as_deref() == Some("assistant")
+            })
+            .count()
+    }
+}
+
+/// The SHA-256 of the request's messages as `serde_json` writes them compactly (keys in the
+/// order sent; `null` without messages), and that text's length in bytes.
+///
+/// The text is streamed into the digest instead of being built: the same bytes that parsing
+/// the messages into a `Value` and printing it would give, without the tree or the string.
+pub fn messages_digest(messages: Option<&RawValue>) -> ([u8; 32], usize) {
+    struct Digesting {
+        hasher: Sha256,
+        written: usize,
+    }
+    impl std::io::Write for Digesting {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.hasher.update(bytes);
+            self.written += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Digesting { hasher: Sha256::new(), written: 0 };
+    let copied = messages.is_some_and(|raw| {
+        let mut reader = serde_json::Deserializer::from_str(raw.get());
+        let mut writer = serde_json::Serializer::new(&mut sink);
+        serde_transcode::transcode(&mut reader, &mut writer).is_ok()
+    });
+    if !copied {
+        // A `RawValue` is valid JSON, so this is only the no-messages case.
+        sink = Digesting { hasher: Sha256::new(), written: 0 };
+        std::io::Write::write_all(&mut sink, b"null").unwrap_or_default();
+    }
+    (sink.hasher.finalize().into(), sink.written)
+}
+
 /// The script step for a request: the one at the number of assistant messages it carries,
 /// the last one past the end; `None` without a script.
-pub fn script_step(request: &Value, script: &[ScriptStep]) -> Option<ScriptStep> {
+pub fn script_step(request: &ChatRequest, script: &[ScriptStep]) -> Option<ScriptStep> {
     let last = script.last()?;
-    let assistant_turns = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|message| message.get("role").and_then(Value::as_str) == Some("assistant"))
-        .count();
-    Some(*script.get(assistant_turns).unwrap_or(last))
+    Some(*script.get(request.assistant_turns()).unwrap_or(last))
 }
 
 /// Picks an index in `0..count` for this request.
@@ -112,18 +194,16 @@ pub fn short_hash(bytes: &[u8]) -> String {
 }
 
 /// The chat completion for a parsed request body.
-pub fn chat_completion(request: &Value, policy: Policy, sequence: u64) -> Value {
+pub fn chat_completion(request: &ChatRequest, policy: Policy, sequence: u64) -> Value {
     chat_completion_scripted(request, policy, sequence, &[])
 }
 
 /// The chat completion for a parsed request body, following `script` when it is not empty
 /// (see [`ScriptStep`]); the policy then only matters for choices the script leaves open.
-pub fn chat_completion_scripted(request: &Value, policy: Policy, sequence: u64, script: &[ScriptStep]) -> Value {
-    let messages_text = request.get("messages").unwrap_or(&Value::Null).to_string();
+pub fn chat_completion_scripted(request: &ChatRequest, policy: Policy, sequence: u64, script: &[ScriptStep]) -> Value {
     // One digest for both the chooser's hash (its first 8 bytes, big-endian) and the tag (the
-    // same bytes in hex): at hundreds of requests in flight the mock shares the harness's two
-    // cores.
-    let digest = Sha256::digest(messages_text.as_bytes());
+    // same bytes in hex).
+    let (digest, messages_len) = messages_digest(request.messages);
     let head: [u8; 8] = digest[..8].try_into().unwrap_or_default();
     let step = script_step(request, script);
     let chooser = match step {
@@ -131,23 +211,28 @@ pub fn chat_completion_scripted(request: &Value, policy: Policy, sequence: u64, 
         Some(ScriptStep::Tool(position)) => Chooser { policy: Policy::Cycle, sequence: position as u64 - 1, messages_hash: 0 },
         _ => Chooser { policy, sequence, messages_hash: u64::from_be_bytes(head) },
     };
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let model = request.model.as_deref().unwrap_or("mock");
     let tag = hex::encode(head);
 
-    let tools: Vec<&Value> = request.get("tools").and_then(Value::as_array).into_iter().flatten().collect();
-    let tool_choice = request.get("tool_choice");
+    // Each tool stays unparsed until it is the one called.
+    let tools: Vec<&RawValue> =
+        request.tools.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default();
+    let tool_choice = request.tool_choice.as_ref();
     let forced_name = tool_choice.and_then(|choice| choice.pointer("/function/name")).and_then(Value::as_str);
     let tools_allowed = tool_choice.and_then(Value::as_str) != Some("none") && step != Some(ScriptStep::Text);
     let schema = request
-        .get("response_format")
+        .response_format
+        .as_ref()
         .filter(|format| format.get("type").and_then(Value::as_str) == Some("json_schema"))
         .and_then(|format| format.pointer("/json_schema/schema"));
 
     let (message, finish_reason, written) = if !tools.is_empty() && tools_allowed {
+        let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
         let tool = forced_name
-            .and_then(|name| tools.iter().find(|tool| tool.pointer("/function/name").and_then(Value::as_str) == Some(name)))
-            .copied()
-            .unwrap_or_else(|| tools[chooser.pick(tools.len())]);
+            .and_then(|name| {
+                tools.iter().map(|raw| parse(raw)).find(|tool| tool.pointer("/function/name").and_then(Value::as_str) == Some(name))
+            })
+            .unwrap_or_else(|| parse(tools[chooser.pick(tools.len())]));
         let name = tool.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
         let parameters = tool.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
         let arguments = instance(&parameters, &parameters, None, &chooser, 0).to_string();
@@ -161,7 +246,7 @@ pub fn chat_completion_scripted(request: &Value, policy: Policy, sequence: u64, 
         (json!({"role": "assistant", "content": text}), "stop", text)
     };
     // Rough counts (four characters a token), so that token accounting has something to add.
-    let prompt_tokens = messages_text.len() as u64 / 4 + 1;
+    let prompt_tokens = messages_len as u64 / 4 + 1;
     let completion_tokens = written.len() as u64 / 4 + 1;
     json!({
         "id": format!("chatcmpl-mock-{tag}"),
@@ -273,6 +358,13 @@ pub fn instance(schema: &Value, root: &Value, name: Option<&str>, chooser: &Choo
 mod tests {
     use super::*;
 
+    /// The answer to `request` sent as a body.
+    fn answer_to(request: &Value, policy: Policy, sequence: u64, script: &[ScriptStep]) -> Value {
+        let body = request.to_string();
+        let parsed = ChatRequest::parse(body.as_bytes()).expect("the request is a JSON object");
+        chat_completion_scripted(&parsed, policy, sequence, script)
+    }
+
     fn chooser(policy: Policy) -> Chooser {
         Chooser { policy, sequence: 5, messages_hash: 7 }
     }
@@ -300,7 +392,7 @@ mod tests {
             }
             json!({"messages": messages, "tools": [tool("a"), tool("b"), tool("c")]})
         };
-        let answer = |turns: usize, sequence: u64| chat_completion_scripted(&request(turns), Policy::Hash, sequence, &script);
+        let answer = |turns: usize, sequence: u64| answer_to(&request(turns), Policy::Hash, sequence, &script);
         for sequence in [0, 7, 1000] {
             assert_eq!(answer(0, sequence).pointer("/choices/0/message/tool_calls/0/function/name"), Some(&json!("b")));
             assert_eq!(answer(1, sequence).pointer("/choices/0/message/tool_calls/0/function/name"), Some(&json!("c")));
@@ -311,7 +403,38 @@ mod tests {
             assert!(reply.pointer("/choices/0/message/content").and_then(Value::as_str).is_some_and(|text| text.starts_with("Mock reply")));
         }
         // Without a script nothing changes.
-        assert_eq!(chat_completion_scripted(&request(1), Policy::Last, 0, &[]), chat_completion(&request(1), Policy::Last, 0));
+        assert_eq!(
+            answer_to(&request(1), Policy::Last, 0, &[]).pointer("/choices/0/message/tool_calls/0/function/name"),
+            Some(&json!("c"))
+        );
+    }
+
+    #[test]
+    fn the_messages_digest_is_that_of_the_messages_printed_compactly() {
+        // Escapes that printing undoes or keeps, numbers in forms printing normalises, nesting,
+        // whitespace between tokens, and keys out of alphabetical order.
+        let body = r#"{"model": "m", "messages": [ {"role":"user", "content": "caf\u00e9 \/ \"quoted\"\n\u0007", "z": 1, "a": [1.50, -0, 2e3, 18446744073709551615]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "function": {"name": "t", "arguments": "{}"}}]} ]}"#;
+        let request = ChatRequest::parse(body.as_bytes()).expect("an object");
+        let printed = serde_json::from_str::<Value>(body).expect("JSON")["messages"].to_string();
+        let (digest, length) = messages_digest(request.messages);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(printed.as_bytes())));
+        assert_eq!(length, printed.len());
+        assert_eq!(request.assistant_turns(), 1);
+        // No messages: the digest of `null`, as printing a missing value gives.
+        let (digest, length) = messages_digest(None);
+        assert_eq!((digest, length), (<[u8; 32]>::from(Sha256::digest(b"null")), 4));
+    }
+
+    #[test]
+    fn only_a_json_object_is_a_request() {
+        for body in ["[\"m\", null]", "\"text\"", "null", "{\"messages\": [", "", "  "] {
+            assert!(ChatRequest::parse(body.as_bytes()).is_none(), "{body:?} was taken for a request");
+        }
+        let request = ChatRequest::parse(b" {\"messages\": [{\"role\": \"assistant\"}, 7, {\"role\": 3}], \"tools\": 5}").expect("an object");
+        assert_eq!(request.assistant_turns(), 1, "messages that are not objects with a string role do not count");
+        let answer = chat_completion(&request, Policy::First, 0);
+        assert_eq!(answer.pointer("/choices/0/finish_reason"), Some(&json!("stop")), "tools that are not a list are none");
     }
 
     #[test]
