@@ -22,6 +22,7 @@ mod engine;
 pub mod locate;
 mod prompt;
 mod schema;
+mod worker;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -216,9 +217,9 @@ impl ChatModel for LocalModel {
         Box::pin(async move {
             let cancel = Arc::new(AtomicBool::new(false));
             let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
-            tokio::task::spawn_blocking(move || engine.complete(&request, &call_id, &cancel))
+            worker::run(move || engine.complete(&request, &call_id, &cancel))
                 .await
-                .map_err(|error| ModelError::fatal(format!("local inference failed: {error}")))?
+                .ok_or_else(|| ModelError::fatal("local inference failed: it stopped without an answer (see the log)"))?
         })
     }
 }
