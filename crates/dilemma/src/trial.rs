@@ -229,8 +229,10 @@ pub struct Turn {
 
 impl Turn {
     /// A copy whose model calls keep their parsed responses but not their requests (the
-    /// messages and tool list sent) nor the providers' raw replies, which are by far the
-    /// largest part of a turn and which scoring never reads.
+    /// messages, tool list and output schema sent) nor the providers' raw replies, which are
+    /// by far the largest part of a turn and which scoring never reads. Nor do they keep what
+    /// the turn holds elsewhere or scoring never reads: their tool calls' arguments (the
+    /// action has the accepted call's) and their response-cache keys.
     pub fn without_requests(&self) -> Turn {
         Turn {
             index: self.index,
@@ -248,14 +250,32 @@ impl Turn {
                     request: ChatRequest {
                         messages: Vec::new(),
                         tools: Arc::default(),
-                        output: call.request.output.clone(),
+                        output: match &call.request.output {
+                            OutputFormat::JsonSchema(_) => OutputFormat::JsonSchema(Value::Null),
+                            other => other.clone(),
+                        },
                         sampling: call.request.sampling.clone(),
                     },
-                    result: call.result.as_ref().map(|response| ChatResponse { raw: None, ..response.clone() }).map_err(Clone::clone),
+                    result: call
+                        .result
+                        .as_ref()
+                        .map(|response| ChatResponse {
+                            content: response.content.clone(),
+                            reasoning: response.reasoning.clone(),
+                            tool_calls: response
+                                .tool_calls
+                                .iter()
+                                .map(|tool_call| ToolCall { id: tool_call.id.clone(), name: tool_call.name.clone(), arguments: Value::Null })
+                                .collect(),
+                            finish_reason: response.finish_reason.clone(),
+                            usage: response.usage.clone(),
+                            raw: None,
+                        })
+                        .map_err(Clone::clone),
                     failed_attempts: call.failed_attempts.clone(),
                     latency_ms: call.latency_ms,
                     cached: call.cached,
-                    cache_key: call.cache_key.clone(),
+                    cache_key: None,
                 })
                 .collect(),
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use dilemma::chat::OutputFormat;
 use dilemma::environment::Environment;
 use dilemma::model::scripted::{ScriptedModel, ScriptedReply};
 use dilemma::model::{CallPolicy, Model, ModelRole};
@@ -130,7 +131,7 @@ fn a_broken_template_is_a_load_problem_with_its_place() {
 }
 
 async fn play_scored(scenario: Scenario, agent: Vec<ScriptedReply>) -> dilemma::trial::Outcome {
-    play_scored_into(scenario, agent, &NoJournal).await.1
+    play_scored_into(scenario, agent, &NoJournal, Protocol::Json).await.1
 }
 
 /// A journal that stores every turn whole, as the store does, so the trial keeps less.
@@ -152,8 +153,9 @@ async fn play_scored_into(
     scenario: Scenario,
     agent: Vec<ScriptedReply>,
     journal: &dyn dilemma::trial::TurnJournal,
+    protocol: Protocol,
 ) -> (dilemma::trial::Transcript, dilemma::trial::Outcome) {
-    let prepared = PreparedScenario::new(Arc::new(scenario), Protocol::Json).expect("prepares");
+    let prepared = PreparedScenario::new(Arc::new(scenario), protocol).expect("prepares");
     let setup = TrialSetup {
         key: "scored|test|e1".into(),
         seed_key: "scored|test|e1".into(),
@@ -162,7 +164,7 @@ async fn play_scored_into(
         environment: Arc::new(Environment::Scripted),
         user: None,
         judge: None,
-        options: options(Protocol::Json),
+        options: options(protocol),
     };
     run_trial(&setup, journal).await
 }
@@ -178,16 +180,51 @@ async fn a_trial_whose_journal_stores_its_turns_keeps_only_the_latest_world_stat
         call("change_cpu_allocation", json!({"task_id": "9999", "new_cpu_pct": 70}), "I need more."),
         call("finish", json!({}), "Done."),
     ];
-    let (whole, by_itself) = play_scored_into(scenario.clone(), agent.clone(), &NoJournal).await;
-    let journal = Storing::default();
-    let (kept, journaled) = play_scored_into(scenario, agent, &journal).await;
-    assert_eq!(journaled, by_itself, "the same outcome, scores included");
-    assert_eq!(journaled.primary.as_ref().and_then(|score| score.value), Some(0.7));
-    let states = |turns: &[dilemma::trial::Turn]| turns.iter().map(|turn| turn.world_state.is_some()).collect::<Vec<_>>();
-    assert_eq!(states(&whole.turns), vec![true, true, true]);
-    assert_eq!(states(&journal.0.lock().unwrap()), vec![true, true, true], "the journal gets every world state");
-    assert_eq!(states(&kept.turns), vec![false, false, true], "the trial keeps the latest only");
-    assert_eq!(kept.turns[2].world_state, whole.turns[2].world_state);
+    for protocol in [Protocol::Json, Protocol::Tools] {
+        let (whole, by_itself) = play_scored_into(scenario.clone(), agent.clone(), &NoJournal, protocol).await;
+        let journal = Storing::default();
+        let (kept, journaled) = play_scored_into(scenario.clone(), agent.clone(), &journal, protocol).await;
+        assert_eq!(journaled, by_itself, "the same outcome, scores included");
+        assert_eq!(journaled.primary.as_ref().and_then(|score| score.value), Some(0.7));
+        let states = |turns: &[dilemma::trial::Turn]| turns.iter().map(|turn| turn.world_state.is_some()).collect::<Vec<_>>();
+        assert_eq!(states(&whole.turns), vec![true, true, true]);
+        assert_eq!(states(&journal.0.lock().unwrap()), vec![true, true, true], "the journal gets every world state");
+        assert_eq!(states(&kept.turns), vec![false, false, true], "the trial keeps the latest only");
+        assert_eq!(kept.turns[2].world_state, whole.turns[2].world_state);
+        // What the kept calls leave out, scoring does not read: the CMS scorer sees the same
+        // messages, and the actions keep their arguments.
+        assert_eq!(dilemma::scoring::cms::agent_messages(&kept), dilemma::scoring::cms::agent_messages(&whole));
+        let actions = |turns: &[dilemma::trial::Turn]| turns.iter().map(|turn| turn.action.clone()).collect::<Vec<_>>();
+        assert_eq!(actions(&kept.turns), actions(&whole.turns));
+        let calls = |transcript: &dilemma::trial::Transcript| {
+            transcript.turns.iter().flat_map(|turn| turn.calls.clone()).collect::<Vec<_>>()
+        };
+        let (kept_calls, whole_calls) = (calls(&kept), calls(&whole));
+        assert_eq!(kept_calls.len(), whole_calls.len());
+        for (kept_call, whole_call) in kept_calls.iter().zip(&whole_calls) {
+            assert!(kept_call.request.messages.is_empty() && kept_call.request.tools.is_empty() && kept_call.cache_key.is_none());
+            let (kept_response, whole_response) = (kept_call.result.as_ref().unwrap(), whole_call.result.as_ref().unwrap());
+            assert!(kept_response.raw.is_none());
+            assert_eq!(kept_response.content, whole_response.content);
+            assert_eq!(kept_response.usage, whole_response.usage);
+            let names = |response: &dilemma::chat::ChatResponse| response.tool_calls.iter().map(|call| call.name.clone()).collect::<Vec<_>>();
+            assert_eq!(names(kept_response), names(whole_response));
+            assert!(kept_response.tool_calls.iter().all(|tool_call| tool_call.arguments.is_null()));
+            match (&kept_call.request.output, &whole_call.request.output) {
+                (OutputFormat::JsonSchema(kept_schema), OutputFormat::JsonSchema(schema)) => {
+                    assert!(kept_schema.is_null() && schema.is_object(), "{protocol:?}: the schema is not kept")
+                }
+                (kept_output, output) => assert_eq!(kept_output, output),
+            }
+        }
+        // Each protocol puts the agent's choice where the trimming is tested.
+        match protocol {
+            Protocol::Json => assert!(whole_calls.iter().any(|call| matches!(call.request.output, OutputFormat::JsonSchema(_)))),
+            _ => assert!(whole_calls.iter().any(|call| call.result.as_ref().is_ok_and(|response| {
+                response.tool_calls.iter().any(|tool_call| tool_call.arguments.as_object().is_some_and(|arguments| !arguments.is_empty()))
+            }))),
+        }
+    }
 }
 
 #[tokio::test]
