@@ -267,8 +267,8 @@ impl Turn {
                                 .iter()
                                 .map(|tool_call| ToolCall { id: tool_call.id.clone(), name: tool_call.name.clone(), arguments: Value::Null })
                                 .collect(),
-                            finish_reason: response.finish_reason.clone(),
-                            usage: response.usage.clone(),
+                            finish_reason: response.finish_reason,
+                            usage: response.usage,
                             raw: None,
                         })
                         .map_err(Clone::clone),
