@@ -473,21 +473,22 @@ def machine():
 # writing; see the reply of issue 6). Printed only under a MISS.
 CAUSES = {
     "w1_wall": (
-        "On this machine the wall is bound by CPU, not by the calls' latency, and the mock's share of that CPU "
-        "alone rules the target out. Every call costs both processes CPU on the same two cores (the \"CPU floor\" "
-        "row: dilemma's CPU plus the mock's, divided by nproc), and with one latency for every call the 500 trials "
-        "of a wave answer within milliseconds of each other: each of a trial's seven steps is 50 ms of waiting and "
-        "then a burst of 500 answers to parse, journal and commit and 500 requests for the mock to parse and answer, "
-        "which on two cores takes tens of milliseconds more. The scaling table shows it: at 50 concurrent the wall is "
-        "close to the ideal, and from 500 up it stops falling, at about one and a half times the CPU floor, "
-        "whatever the concurrency. By this reckoning the target would need (dilemma + mock) CPU per call of about 20 µs "
-        "here (500 × 20 µs ÷ 2 cores = 5 ms per step); the mock alone spends about 100 µs. Measured this session (probe around each "
-        "`Model::call`): a call's answer waits 15–22 ms for its commit to the response cache, most of it for a CPU "
-        "while the burst is processed (answers are committed ahead of queued turns; splitting and lingering groups "
-        "cut commits per run from ~1,300 to ~400 without moving that wait much). Fixed this session: the mock's "
-        "listen queue was tokio's default of 128, so at 500 concurrent connections ~100 handshakes were dropped and "
-        "retried after TCP's one-second timeout (the wall was ~1 s longer for that alone; \"listen overflows\" now "
-        "counts them per run)."
+        "On this machine the wall is bound by CPU, not by the calls' latency. Every call costs both processes CPU "
+        "on the same two cores (the \"CPU floor\" column: dilemma's CPU plus the mock's, divided by nproc), and with "
+        "one latency for every call the 500 trials of a wave answer within milliseconds of each other: each of a "
+        "trial's seven steps is 50 ms of waiting and then a burst of 500 answers to parse, journal and commit and 500 "
+        "requests for the mock to parse and answer, which on two cores takes tens of milliseconds more. The scaling "
+        "table shows it: at 50 concurrent the wall is close to the ideal, and from 500 up it stops falling, at about "
+        "one and a half times the CPU floor, whatever the concurrency. By this reckoning the target needs (dilemma + "
+        "mock) CPU per call of about 20 µs here (500 × 20 µs ÷ 2 cores = 5 ms per step); the mock alone spends about "
+        "70 µs (100 µs before this version, which stopped it building each request's messages into a tree). A probe "
+        "that skipped the store's turn journal and archives (answers still committed to the response cache, so "
+        "nothing a run must keep) measured 1.12 s at 1,000 / 500, 1.6× the ideal, with dilemma at 0.88 CPU-s: even "
+        "a harness that journaled nothing would miss here. Measured with a probe around each `Model::call`: a call's "
+        "answer waits 15–22 ms for its commit to the response cache, most of it for a CPU while the burst is "
+        "processed. Fixed along the way: the mock's listen queue was tokio's default of 128, so at 500 concurrent "
+        "connections ~100 handshakes were dropped and retried after TCP's one-second timeout (\"listen overflows\" "
+        "counts them per run; 0 since)."
     ),
     "w1_rss": (
         "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
@@ -517,12 +518,14 @@ CAUSES = {
         "the system's root certificates; a plain-HTTP one does not.)"
     ),
     "w2_tg": (
-        "Both sides generate with llama.cpp's own `decode`, one token per batch. Per token the local side adds "
-        "a greedy scan over the 49,152 logits (`pick`, crates/dilemma-local/src/engine.rs), detokenisation and "
-        "stop checks: tens of microseconds against 8–10 ms per token. What moves this ratio is other processes' "
-        "load on the two shared cores, which two-thread generation (a barrier per layer) feels most: compare "
-        "the rounds, whose pairs (llama-bench, then the local provider) differ by more than the gap. Earlier full runs gave 0.94×, 0.96× and "
-        "0.82× with the same code; the one-thread rows stay at 0.95–1.0×."
+        "Both sides generate with llama.cpp's own `decode`, one token per batch. Until this version the local "
+        "provider called llama.cpp from tokio's blocking pool; calls that landed on different pooled threads each "
+        "made an OpenMP team, and with more OpenMP threads than cores libgomp sleeps in the kernel at every barrier "
+        "instead of spinning (`perf stat`: ~96,000 context switches in one tg run against ~190 for llama-bench). "
+        "Every call now runs on one thread (crates/dilemma-local/src/worker.rs); paired two-thread runs went from "
+        "0.81–0.87× to 0.95–0.97×. What remains per token is a greedy scan over the 49,152 logits (`pick`), "
+        "detokenisation and stop checks, tens of microseconds against 8–10 ms per token, and other processes' load "
+        "on the two shared cores, which two-thread generation (a barrier per layer) feels most: compare the rounds."
     ),
     "w2_pp": "Prompt evaluation is llama.cpp's own `decode` on 512-token batches in both; a gap here is load on the shared cores (see the rounds).",
     "w4_report": (
