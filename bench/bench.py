@@ -246,12 +246,19 @@ def render_w1_scaling(scaling, add):
     add("One run each, same command as above with `--concurrency` and `--endpoint-concurrency` set to the column's value. "
         "CPU floor = (dilemma's CPU + the mock's CPU) ÷ nproc: the wall no tool can beat on this machine while the mock "
         "shares its cores, since every call costs both processes CPU (the mock parses each request, hashes it and "
-        "builds a reply; both sides pay for loopback TCP).")
+        "builds a reply; both sides pay for loopback TCP). Calls = the mock's first request to its last answer; "
+        "after = the rest of the wall past start-up, once the last answer is out. About 0.1 s of it is the same "
+        "at every concurrency: reading the outcomes back, releasing the free pages and writing report.json/csv (30–45 ms) "
+        "and the WAL checkpoint with its fsync when the store closes (about 100 ms in an strace); what is above that "
+        "is the store's writer still committing turns and outcomes that queued up while the calls ran.")
     add("")
-    add("| concurrent | ideal (s) | wall (s) | wall ÷ ideal | dilemma CPU (s) | mock CPU (s) | CPU floor (s) | wall ÷ max(ideal, floor) | listen overflows |")
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("| concurrent | ideal (s) | wall (s) | wall ÷ ideal | calls (s) | after (s) | dilemma CPU (s) | mock CPU (s) | CPU floor (s) | wall ÷ max(ideal, floor) | listen overflows |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in scaling["runs"]:
+        busy = run.get("busy_s")
+        after = run["wall_s"] - busy - run["startup_ms"] / 1000 if busy is not None and run.get("startup_ms") is not None else None
         add(f"| {run['concurrency']:,} | {run['ideal_s']:.2f} | {run['wall_s']:.2f} | {run['wall_over_ideal']:.2f} | "
+            f"{fmt(busy, '{:.2f}')} | {fmt(after, '{:.2f}')} | "
             f"{run['cpu_s']:.2f} | {run['mock_cpu_s']:.2f} | {run['cpu_floor_s']:.2f} | {run['wall_over_bound']:.2f} | "
             f"{fmt(run.get('listen_overflows'), '{:,.0f}')} |" + ("" if run["valid"] else " INVALID |"))
 
@@ -488,7 +495,19 @@ CAUSES = {
         "answer waits 15–22 ms for its commit to the response cache, most of it for a CPU while the burst is "
         "processed. Fixed along the way: the mock's listen queue was tokio's default of 128, so at 500 concurrent "
         "connections ~100 handshakes were dropped and retried after TCP's one-second timeout (\"listen overflows\" "
-        "counts them per run; 0 since)."
+        "counts them per run; 0 since). The store's writer is the one serial stage: it does about half of dilemma's "
+        "CPU on one thread (archiving finished trials about a third of it, journaling turns a quarter, commits an eighth), "
+        "so from 500 concurrent it falls behind the calls and is still committing queued turns and outcomes after the "
+        "last answer (the \"after\" column: 0.1 s at up to 250 concurrent, the fixed end of a run; 0.2 s at 500, "
+        "0.7 s at 1,000). Tried and dropped, in A/B runs of "
+        "`.cache/probe/w1.sh` at 1,000 / 500 (medians of 5): letting a call return before its answer is committed "
+        "(committed with the next group instead) cut wall 15% and CPU 18%, but with nothing holding the trials back "
+        "the writer's queue grew (1,700 answers and 1,700 turns at its longest, against 400 of each) and peak RSS at "
+        "1,000 concurrent rose 7–9 MB, past the 60 MB target, and a crash could then lose answers already used; "
+        "bounding the uncommitted answers at 64–256 kept the memory down but gave back most of the gain (wall −5%): "
+        "the writer's total work, not the wait, sets the pace; WITHOUT ROWID journal and cache tables cost 18% more CPU (their "
+        "rows are large); committing answers together with the queued turns, and glibc's malloc trim and top-pad "
+        "tunables, changed nothing measurable."
     ),
     "w1_rss": (
         "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
