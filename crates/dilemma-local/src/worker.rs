@@ -13,16 +13,15 @@
 //! two models' work side by side would only split the same cores between them.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, mpsc};
 
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The thread's queue; started on first use and kept for the life of the process.
-fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
-    static QUEUE: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+fn queue() -> &'static mpsc::Sender<Job> {
+    static QUEUE: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     QUEUE.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Job>();
         let started = std::thread::Builder::new().name("dilemma-local".into()).spawn(move || {
@@ -36,7 +35,7 @@ fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
             // Without the thread every job's answer channel closes, and each call reports it.
             tracing::error!(%error, "cannot start the local inference thread");
         }
-        Mutex::new(sender)
+        sender
     })
 }
 
@@ -47,8 +46,7 @@ pub(crate) async fn run<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'sta
     let job: Job = Box::new(move || {
         let _ = answer.send(job());
     });
-    let sent = queue().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).send(job);
-    sent.ok()?;
+    queue().send(job).ok()?;
     answered.await.ok()
 }
 
