@@ -498,8 +498,8 @@ CAUSES = {
         "counts them per run; 0 since). The store's writer is the one serial stage: it does about half of dilemma's "
         "CPU on one thread (archiving finished trials about a third of it, journaling turns a quarter, commits an eighth), "
         "so from 500 concurrent it falls behind the calls and is still committing queued turns and outcomes after the "
-        "last answer (the \"after\" column: 0.1 s at up to 250 concurrent, the fixed end of a run; 0.2 s at 500, "
-        "0.7 s at 1,000). Tried and dropped, in A/B runs of "
+        "last answer (the \"after\" column of the scaling table: about 0.1 s at up to 250 concurrent, the fixed end "
+        "of a run, then growing with the writer's queue). Tried and dropped, in A/B runs of "
         "`.cache/probe/w1.sh` at 1,000 / 500 (medians of 5): letting a call return before its answer is committed "
         "(committed with the next group instead) cut wall 15% and CPU 18%, but with nothing holding the trials back "
         "the writer's queue grew (1,700 answers and 1,700 turns at its longest, against 400 of each) and peak RSS at "
@@ -507,7 +507,9 @@ CAUSES = {
         "bounding the uncommitted answers at 64–256 kept the memory down but gave back most of the gain (wall −5%): "
         "the writer's total work, not the wait, sets the pace; WITHOUT ROWID journal and cache tables cost 18% more CPU (their "
         "rows are large); committing answers together with the queued turns, and glibc's malloc trim and top-pad "
-        "tunables, changed nothing measurable."
+        "tunables, changed nothing measurable; neither did (medians of 5 to 8 alternated runs each, 1,000 / 500) a current-thread tokio "
+        "runtime for dilemma, the mock or both, a multi-thread runtime with one worker, or foreign-key checks off: "
+        "all within ±5% of the default, inside the runs' spread."
     ),
     "w1_rss": (
         "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
