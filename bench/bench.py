@@ -247,10 +247,10 @@ def render_w1_scaling(scaling, add):
         "CPU floor = (dilemma's CPU + the mock's CPU) ÷ nproc: the wall no tool can beat on this machine while the mock "
         "shares its cores, since every call costs both processes CPU (the mock parses each request, hashes it and "
         "builds a reply; both sides pay for loopback TCP). Calls = the mock's first request to its last answer; "
-        "after = the rest of the wall past start-up, once the last answer is out. About 0.1 s of it is the same "
-        "at every concurrency: reading the outcomes back, releasing the free pages and writing report.json/csv (30–45 ms) "
-        "and the WAL checkpoint with its fsync when the store closes (about 100 ms in an strace); what is above that "
-        "is the store's writer still committing turns and outcomes that queued up while the calls ran.")
+        "after = the rest of the wall past start-up, once the last answer is out. Up to about 0.1 s of it is the "
+        "same at every concurrency (the lowest rows): reading the outcomes back, releasing the free pages and writing "
+        "report.json/csv (30–45 ms) and the WAL checkpoint with its fsync when the store closes (up to about 100 ms in "
+        "an strace; the fsync's time is the disk's); what is above that is the store's writer still committing turns and outcomes that queued up while the calls ran.")
     add("")
     add("| concurrent | ideal (s) | wall (s) | wall ÷ ideal | calls (s) | after (s) | dilemma CPU (s) | mock CPU (s) | CPU floor (s) | wall ÷ max(ideal, floor) | listen overflows |")
     add("|---|---|---|---|---|---|---|---|---|---|---|")
