@@ -16,7 +16,8 @@
 # Needs the release binaries (`make build`), the embedded model (`make model`), and for W2
 # g++ and the llama.cpp libraries cargo built (bench/build-llama-bench.sh). Everything it
 # creates lives under .cache/bench (ignored by git). The measuring is bench/bench.py
-# (Python standard library only).
+# (Python standard library only). To compare two builds on W1, alternated in one run:
+# bench/ab.py (see its --help).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
