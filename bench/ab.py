@@ -20,19 +20,13 @@ Python standard library only; runs are W1 runs of bench/bench.py (`w1_run`), kep
 import argparse
 import os
 import resource
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the directory above must be on the path first)
 
-COLUMNS = [
-    ("wall_s", "wall (s)", "{:.3f}"),
-    ("busy_s", "calls (s)", "{:.3f}"),
-    ("cpu_s", "dilemma CPU (s)", "{:.2f}"),
-    ("mock_cpu_s", "mock CPU (s)", "{:.2f}"),
-    ("rss_mb", "peak RSS (MB)", "{:.1f}"),
-]
+# The W1 metrics an A/B compares, labelled and formatted as BENCHMARKS.md shows them.
+COLUMNS = [metric for metric in bench.W1_METRICS if metric[0] in {"wall_s", "busy_s", "cpu_s", "mock_cpu_s", "rss_mb"}]
 
 
 def parse_variant(text):
@@ -78,7 +72,7 @@ def main():
             bench.DILEMMA, bench.MOCK = variant["dilemma"], variant["mock"]
             run = bench.w1_run("dilemma", arguments.trials, arguments.concurrency, f"ab-{variant['name']}-{rep}")
             runs[variant["name"]].append(run)
-            shown = " ".join(f"{label} {pattern.format(run[key])}" for key, label, pattern in COLUMNS if run.get(key) is not None)
+            shown = "; ".join(f"{label} {pattern.format(run[key])}" for key, label, pattern in COLUMNS if run.get(key) is not None)
             print(f"{rep + 1}/{arguments.reps} {variant['name']}: {shown}" + ("" if run["valid"] else "  INVALID (see its folder)"), flush=True)
     os.environ.clear()
     os.environ.update(baseline_env)
@@ -87,7 +81,7 @@ def main():
     first = None
     for variant in arguments.variants:
         valid = [run for run in runs[variant["name"]] if run["valid"]]
-        medians = {key: statistics.median(run[key] for run in valid) if valid else None for key, _, _ in COLUMNS}
+        medians = {key: bench.median([run.get(key) for run in valid]) for key, _, _ in COLUMNS}
         first = first or medians
         cells = []
         for key, label, pattern in COLUMNS:
@@ -96,7 +90,7 @@ def main():
                 continue
             ratio = f" ({medians[key] / first[key]:.3f}×)" if first[key] and variant is not arguments.variants[0] else ""
             cells.append(f"{label} {pattern.format(medians[key])}{ratio}")
-        print(f"  {variant['name']} ({len(valid)} of {arguments.reps} valid): " + ", ".join(cells))
+        print(f"  {variant['name']} ({len(valid)} of {arguments.reps} valid): " + "; ".join(cells))
     return 0 if all(run["valid"] for variant_runs in runs.values() for run in variant_runs) else 1
 
 
