@@ -3,7 +3,9 @@
 
 Python standard library only. Workloads:
 
-- W1: harness overhead, dilemma against Inspect, both against dilemma-mock at 50 ms latency.
+- W1: harness overhead, dilemma against Inspect, both against dilemma-mock at 50 ms latency,
+  next to the transport floor (crates/dilemma/examples/w1_floor.rs: dilemma's recorded
+  requests sent through its HTTP client and nothing else).
 - W2: prompt-processing and generation speed of the `local` provider against llama-bench
   built from the llama.cpp the crate vendors (bench/build-llama-bench.sh).
 - W3: a 20-turn trial on the embedded model with KV prefix reuse on and off.
@@ -15,6 +17,7 @@ Full mode writes BENCHMARKS.md; smoke mode (seconds, no thresholds) writes
 
 import argparse
 import datetime
+import http.server
 import json
 import math
 import os
@@ -25,6 +28,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -33,6 +37,7 @@ CACHE = os.path.join(ROOT, ".cache", "bench")
 BIN = os.path.join(ROOT, "target", "release")
 DILEMMA = os.path.join(BIN, "dilemma")
 MOCK = os.path.join(BIN, "dilemma-mock")
+FLOOR = os.path.join(BIN, "examples", "w1_floor")
 VENV = os.path.join(CACHE, "venv")
 INSPECT = os.path.join(VENV, "bin", "inspect")
 MODEL_FILE = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -170,11 +175,15 @@ def clean_env(extra=None):
 # ---------------------------------------------------------------------------- W1
 
 
-def w1_run(tool, trials, concurrency, tag):
+def w1_run(tool, trials, concurrency, tag, bodies=None):
+    """One W1 run of `tool`: dilemma, inspect, or floor (which replays the requests in `bodies`)."""
     work = fresh_dir("w1", f"{tool}-{tag}")
-    mock = Mock(DILEMMA_SCRIPT if tool == "dilemma" else INSPECT_SCRIPT)
+    mock = Mock(INSPECT_SCRIPT if tool == "inspect" else DILEMMA_SCRIPT)
     try:
-        if tool == "dilemma":
+        if tool == "floor":
+            command = [FLOOR, mock.url + "/v1", bodies, "--trials", str(trials), "--concurrency", str(concurrency)]
+            env = clean_env()
+        elif tool == "dilemma":
             store = os.path.join(work, "store.sqlite")
             command = [
                 DILEMMA, "run", W1_SUITE, "--model", f"agent=openai:mock@{mock.url}/v1", "--protocol", "tools",
@@ -203,7 +212,9 @@ def w1_run(tool, trials, concurrency, tag):
         result["cpu_floor_s"] = (result["cpu_s"] + result["mock_cpu_s"]) / (os.cpu_count() or 1)
     finally:
         mock.stop()
-    if tool == "dilemma":
+    if tool == "floor":
+        stored = None  # it stores nothing
+    elif tool == "dilemma":
         stored = sum(path_bytes(store + suffix) for suffix in ("", "-wal", "-shm") if os.path.exists(store + suffix))
     else:
         stored = path_bytes(os.path.join(work, "logs"))
@@ -221,7 +232,7 @@ def w1_run(tool, trials, concurrency, tag):
         "startup_ms": (first / 1e6 - result["started_unix"]) * 1000 if first else None,
         "cpu_ms_per_call": result["cpu_s"] / requests * 1000 if requests else None,
         "rss_mb": result["max_rss_kb"] / 1024,
-        "stored_bytes": stored, "stored_bytes_per_trial": stored / trials,
+        "stored_bytes": stored, "stored_bytes_per_trial": stored / trials if stored is not None else None,
         "command": shown(command).replace(mock.url, "http://127.0.0.1:PORT"),
         "load_after": load(),
     })
@@ -232,16 +243,78 @@ def w1_run(tool, trials, concurrency, tag):
     return result
 
 
-def w1_scaling(config):
-    """dilemma alone, one run per concurrency, the same trials: where the wall leaves the ideal."""
+class RecordingProxy:
+    """A loopback HTTP proxy that forwards POSTs to `upstream` and keeps their bodies in order,
+    for the transport floor's replay: the requests dilemma sends, byte for byte."""
+
+    def __init__(self, upstream):
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                bodies.append(body)
+                request = urllib.request.Request(upstream + self.path, data=body, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    status, answer = response.status, response.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def w1_record_bodies():
+    """One dilemma trial of W1 through a RecordingProxy: its request bodies as req1.json ...
+    in .cache/bench/w1/bodies, for the transport floor to replay."""
+    work = fresh_dir("w1", "bodies")
+    mock = Mock(DILEMMA_SCRIPT)
+    proxy = RecordingProxy(mock.url)
+    try:
+        command = [
+            DILEMMA, "run", W1_SUITE, "--model", f"agent=openai:mock@{proxy.url}/v1", "--protocol", "tools",
+            "--epochs", "1", "--store", os.path.join(work, "store.sqlite"), "--run", "w1", "--out", os.path.join(work, "out"),
+        ]
+        with open(os.path.join(work, "record.log"), "wb") as output:
+            rc = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=clean_env(), cwd=ROOT).returncode
+    finally:
+        proxy.stop()
+        mock.stop()
+    if rc != 0 or len(proxy.bodies) != CALLS_PER_TRIAL:
+        raise RuntimeError(f"W1: recording one trial's requests failed (rc {rc}, {len(proxy.bodies)} requests); see {work}/record.log")
+    for index, body in enumerate(proxy.bodies, start=1):
+        with open(os.path.join(work, f"req{index}.json"), "wb") as handle:
+            handle.write(body)
+    return work
+
+
+def w1_scaling(config, bodies):
+    """dilemma and the transport floor, one run each per concurrency, the same trials: where the
+    wall leaves the ideal."""
     trials = config["w1_scaling"]["trials"]
-    runs = [w1_run("dilemma", trials, concurrency, f"scaling-{concurrency}") for concurrency in config["w1_scaling"]["concurrency"]]
-    return {"trials": trials, "runs": runs}
+    runs, floors = [], []
+    for concurrency in config["w1_scaling"]["concurrency"]:
+        runs.append(w1_run("dilemma", trials, concurrency, f"scaling-{concurrency}"))
+        floors.append(w1_run("floor", trials, concurrency, f"scaling-{concurrency}", bodies))
+    return {"trials": trials, "runs": runs, "floors": floors}
 
 
 def render_w1_scaling(scaling, add):
     add("")
-    add(f"### Where the wall leaves the ideal: {scaling['trials']:,} trials at rising concurrency (dilemma only)")
+    add(f"### Where the wall leaves the ideal: {scaling['trials']:,} trials at rising concurrency (dilemma and the transport floor)")
     add("")
     add("One run each, same command as above with `--concurrency` and `--endpoint-concurrency` set to the column's value. "
         "CPU floor = (dilemma's CPU + the mock's CPU) ÷ nproc: the wall no tool can beat on this machine while the mock "
@@ -252,15 +325,20 @@ def render_w1_scaling(scaling, add):
         "report.json/csv (30–45 ms) and the WAL checkpoint with its fsync when the store closes (up to about 100 ms in "
         "an strace; the fsync's time is the disk's); what is above that is the store's writer still committing turns and outcomes that queued up while the calls ran.")
     add("")
-    add("| concurrent | ideal (s) | wall (s) | wall ÷ ideal | calls (s) | after (s) | dilemma CPU (s) | mock CPU (s) | CPU floor (s) | wall ÷ max(ideal, floor) | listen overflows |")
-    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    add("Transport floor = `w1_floor` at the same concurrency (see above): its wall, and that wall ÷ the ideal.")
+    add("")
+    add("| concurrent | ideal (s) | wall (s) | wall ÷ ideal | calls (s) | after (s) | dilemma CPU (s) | mock CPU (s) | CPU floor (s) | wall ÷ max(ideal, floor) | listen overflows | transport floor (s) | floor ÷ ideal |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    floors = {run["concurrency"]: run for run in scaling.get("floors", []) if run["valid"]}
     for run in scaling["runs"]:
+        floor = floors.get(run["concurrency"])
         busy = run.get("busy_s")
         after = run["wall_s"] - busy - run["startup_ms"] / 1000 if busy is not None and run.get("startup_ms") is not None else None
         add(f"| {run['concurrency']:,} | {run['ideal_s']:.2f} | {run['wall_s']:.2f} | {run['wall_over_ideal']:.2f} | "
             f"{fmt(busy, '{:.2f}')} | {fmt(after, '{:.2f}')} | "
             f"{run['cpu_s']:.2f} | {run['mock_cpu_s']:.2f} | {run['cpu_floor_s']:.2f} | {run['wall_over_bound']:.2f} | "
-            f"{fmt(run.get('listen_overflows'), '{:,.0f}')} |" + ("" if run["valid"] else " INVALID |"))
+            f"{fmt(run.get('listen_overflows'), '{:,.0f}')} | {fmt(floor and floor['wall_s'], '{:.2f}')} | "
+            f"{fmt(floor and floor['wall_over_ideal'], '{:.2f}')} |" + ("" if run["valid"] else " INVALID |"))
 
 
 def inspect_log_ok(log_dir, trials):
@@ -276,21 +354,25 @@ def inspect_log_ok(log_dir, trials):
 
 
 def w1(config):
-    """Each configuration alternates the tools: d, i, d, i, ... then dilemma's extra reps."""
+    """Each configuration alternates the tools: d, i, f, d, i, f, ... then dilemma's (and the
+    floor's) extra reps. The floor runs as often as dilemma."""
     results = {"configs": [], "inspect": config["inspect"]}
+    bodies = w1_record_bodies()
     for name, trials, concurrency, dilemma_reps, inspect_reps in config["w1"]:
-        log(f"W1 {name}: {trials} trials, {concurrency} concurrent ({dilemma_reps} dilemma, {inspect_reps} Inspect runs)")
+        log(f"W1 {name}: {trials} trials, {concurrency} concurrent ({dilemma_reps} dilemma and floor, {inspect_reps} Inspect runs)")
         entry = {"name": name, "trials": trials, "concurrency": concurrency, "load_before": load(), "runs": []}
         for rep in range(max(dilemma_reps, inspect_reps)):
             if rep < dilemma_reps:
                 entry["runs"].append(w1_run("dilemma", trials, concurrency, f"{name}-{rep}"))
             if rep < inspect_reps and config["inspect"]:
                 entry["runs"].append(w1_run("inspect", trials, concurrency, f"{name}-{rep}"))
+            if rep < dilemma_reps:
+                entry["runs"].append(w1_run("floor", trials, concurrency, f"{name}-{rep}", bodies))
         entry["load_after"] = load()
         results["configs"].append(entry)
     if config.get("w1_scaling"):
-        log(f"W1 scaling: {config['w1_scaling']['trials']} trials at {config['w1_scaling']['concurrency']} concurrent (dilemma)")
-        results["scaling"] = w1_scaling(config)
+        log(f"W1 scaling: {config['w1_scaling']['trials']} trials at {config['w1_scaling']['concurrency']} concurrent (dilemma and floor)")
+        results["scaling"] = w1_scaling(config, bodies)
     return results
 
 
@@ -480,36 +562,33 @@ def machine():
 # writing; see the reply of issue 6). Printed only under a MISS.
 CAUSES = {
     "w1_wall": (
-        "On this machine the wall is bound by CPU, not by the calls' latency. Every call costs both processes CPU "
-        "on the same two cores (the \"CPU floor\" column: dilemma's CPU plus the mock's, divided by nproc), and with "
-        "one latency for every call the 500 trials of a wave answer within milliseconds of each other: each of a "
-        "trial's seven steps is 50 ms of waiting and then a burst of 500 answers to parse, journal and commit and 500 "
-        "requests for the mock to parse and answer, which on two cores takes tens of milliseconds more. The scaling "
-        "table shows it: at 50 concurrent the wall is close to the ideal, and from 500 up it stops falling, at about "
-        "one and a half times the CPU floor, whatever the concurrency. By this reckoning the target needs (dilemma + "
-        "mock) CPU per call of about 20 µs here (500 × 20 µs ÷ 2 cores = 5 ms per step); the mock alone spends about "
-        "70 µs (100 µs before this version, which stopped it building each request's messages into a tree). A probe "
-        "that skipped the store's turn journal and archives (answers still committed to the response cache, so "
-        "nothing a run must keep) measured 1.12 s at 1,000 / 500, 1.6× the ideal, with dilemma at 0.88 CPU-s: even "
-        "a harness that journaled nothing would miss here. Measured with a probe around each `Model::call`: a call's "
-        "answer waits 15–22 ms for its commit to the response cache, most of it for a CPU while the burst is "
-        "processed. Fixed along the way: the mock's listen queue was tokio's default of 128, so at 500 concurrent "
-        "connections ~100 handshakes were dropped and retried after TCP's one-second timeout (\"listen overflows\" "
-        "counts them per run; 0 since). The store's writer is the one serial stage: it does about half of dilemma's "
-        "CPU on one thread (archiving finished trials about a third of it, journaling turns a quarter, commits an eighth), "
-        "so from 500 concurrent it falls behind the calls and is still committing queued turns and outcomes after the "
-        "last answer (the \"after\" column of the scaling table: about 0.1 s at up to 250 concurrent, the fixed end "
-        "of a run, then growing with the writer's queue). Tried and dropped, in alternated A/B runs "
-        "at 1,000 / 500 (medians of 5; `bench/ab.py` runs such an A/B for any builds): letting a call return before its answer is committed "
-        "(committed with the next group instead) cut wall 15% and CPU 18%, but with nothing holding the trials back "
-        "the writer's queue grew (1,700 answers and 1,700 turns at its longest, against 400 of each) and peak RSS at "
-        "1,000 concurrent rose 7–9 MB, past the 60 MB target, and a crash could then lose answers already used; "
-        "bounding the uncommitted answers at 64–256 kept the memory down but gave back most of the gain (wall −5%): "
-        "the writer's total work, not the wait, sets the pace; WITHOUT ROWID journal and cache tables cost 18% more CPU (their "
-        "rows are large); committing answers together with the queued turns, and glibc's malloc trim and top-pad "
-        "tunables, changed nothing measurable; neither did (medians of 5 to 8 alternated runs each, 1,000 / 500) a current-thread tokio "
-        "runtime for dilemma, the mock or both, a multi-thread runtime with one worker, or foreign-key checks off: "
-        "all within ±5% of the default, inside the runs' spread."
+        "On this machine the wall is bound by CPU, and most of that CPU is not a harness's to cut. The transport "
+        "floor column shows it: a client that only sends dilemma's recorded requests and reads the answers, with no "
+        "harness work at all, already needs about 1.1× the ideal at 1,000 / 500 (0.77 s in the runs that added it), "
+        "because the mock's CPU (about 70 µs a call: parsing, hashing, answering) and both sides' loopback TCP share "
+        "the same two cores. A harness within 1.1× would have to add next to nothing per call on top of that. "
+        "dilemma spends about 200 µs of CPU per call (the floor's client about 25 µs): rendering each request, parsing and scoring each answer, "
+        "and committing every answer and turn to SQLite before the call returns (the guarantee that a finished call "
+        "is never paid for twice). With 500 trials answered within milliseconds of each other, each of a run's 14 "
+        "steps is 50 ms of waiting and then a burst of 500 answers for two cores to process, and the wall follows "
+        "the CPU floor column, not the ideal. The store's writer is the one serial stage: about half of dilemma's CPU "
+        "on one thread (archiving finished trials about a third of it, journaling turns a quarter, commits an "
+        "eighth); from 500 concurrent it falls behind and is still committing queued turns and outcomes after the "
+        "last answer (the \"after\" column of the scaling table). A probe that skipped the turn journal and the "
+        "archives (answers still committed) measured 1.12 s, 1.6× the ideal: even a harness that journaled nothing "
+        "would miss here. Fixed along the way: the mock's listen queue was tokio's default of 128, so at 500 "
+        "concurrent connections about 100 handshakes were dropped and retried after TCP's one-second timeout "
+        "(\"listen overflows\" counts them; 0 since); and the mock slept its latency first and built the answer "
+        "after, so its own CPU, queued behind the burst that woke with it, came on top of every call's 50 ms (the "
+        "transport floor was 0.80 s, 1.15×, before it counted the latency from each request's arrival). Tried and "
+        "dropped, in alternated A/B runs at 1,000 / 500 (`bench/ab.py` runs such an A/B for any builds): letting a "
+        "call return before its answer is committed cut wall 15% but took peak RSS at 1,000 concurrent past the "
+        "60 MB target, and a crash could then lose answers already used; bounding the uncommitted answers gave back "
+        "most of the gain; WITHOUT ROWID tables cost 18% more CPU; committing answers with the queued turns, glibc's "
+        "malloc tunables, a current-thread tokio runtime for dilemma, the mock or both, a one-worker runtime and "
+        "foreign-key checks off all stayed within ±5%, inside the runs' spread; mimalloc as dilemma's allocator "
+        "(glibc's malloc is about 13% of its CPU in a profile) changed the wall by +3% and took peak RSS from 41 to "
+        "68 MB."
     ),
     "w1_rss": (
         "heaptrack at 1,000 trials / 1,000 concurrent (the command below, prefixed with `heaptrack`) puts the "
@@ -656,9 +735,11 @@ def w1_targets(w1_results):
         if not dilemma["n"]:
             continue
         if entry["trials"] == 1000 and entry["concurrency"] == 500:
+            floor = w1_medians(entry, "floor")
+            floor_text = f"; transport floor {floor['wall_s']:.2f} s ({floor['wall_over_ideal']:.2f}×)" if floor["n"] else ""
             rows.append({
                 "workload": label, "target": "wall ≤ 1.1× latency-bound ideal",
-                "measured": f"{dilemma['wall_s']:.2f} s vs ideal {dilemma['ideal_s']:.2f} s ({dilemma['wall_over_ideal']:.2f}×)",
+                "measured": f"{dilemma['wall_s']:.2f} s vs ideal {dilemma['ideal_s']:.2f} s ({dilemma['wall_over_ideal']:.2f}×){floor_text}",
                 "ratio": f"{dilemma['wall_over_ideal'] / 1.1:.2f}× the allowed", "passed": dilemma["wall_over_ideal"] <= 1.1, "cause": "w1_wall",
             })
         if entry["trials"] == 1000 and entry["concurrency"] == 1000:
@@ -688,25 +769,33 @@ def render_w1(w1_results, add):
         "command was launched. Stored bytes: dilemma's SQLite store (with -wal/-shm), Inspect's log directory. "
         "dilemma gets `--endpoint-concurrency` equal to the trial concurrency (the default, 64, would cap calls in flight); "
         "Inspect gets `--max-connections` and `--max-samples` equal to it.")
+    add("")
+    add("The transport floor is what no harness can win back on this machine: `crates/dilemma/examples/w1_floor.rs` "
+        "sends the seven requests dilemma sent for one trial (recorded byte for byte through a loopback proxy at the "
+        "start of W1) through dilemma's own HTTP client, trial after trial at the same concurrency, against the same "
+        "mock, and does nothing else: no prompts, no parsing, no scoring, no store. Its wall is the mock's CPU, both "
+        "sides' loopback TCP and the timers; a harness can only add to it.")
     for entry in w1_results["configs"]:
-        dilemma, inspect = w1_medians(entry, "dilemma"), w1_medians(entry, "inspect")
+        dilemma, inspect, floor = w1_medians(entry, "dilemma"), w1_medians(entry, "inspect"), w1_medians(entry, "floor")
         add("")
         add(f"### {entry['trials']:,} trials, {entry['concurrency']:,} concurrent")
         add("")
         add(f"Load before {entry['load_before']}, after {entry['load_after']}. Runs: dilemma {dilemma['n']}, Inspect {inspect['n']}"
-            + ("" if inspect["n"] else " (Inspect not run here)" if w1_results.get("inspect", True) else " (Inspect off: --no-inspect)") + ".")
+            + ("" if inspect["n"] else " (Inspect not run here)" if w1_results.get("inspect", True) else " (Inspect off: --no-inspect)")
+            + f", transport floor {floor['n']}.")
         add("")
-        add("| metric | dilemma | Inspect | dilemma ÷ Inspect |")
-        add("|---|---|---|---|")
+        add("| metric | dilemma | Inspect | dilemma ÷ Inspect | transport floor | dilemma ÷ floor |")
+        add("|---|---|---|---|---|---|")
         for key, label, pattern in W1_METRICS:
-            d, i = dilemma.get(key), inspect.get(key)
+            d, i, f = dilemma.get(key), inspect.get(key), floor.get(key)
             ratio = fmt(d / i, "{:.3f}") if d is not None and i else "–"
-            add(f"| {label} | {fmt(d, pattern)} | {fmt(i, pattern)} | {ratio} |")
+            over_floor = fmt(d / f, "{:.3f}") if d is not None and f else "–"
+            add(f"| {label} | {fmt(d, pattern)} | {fmt(i, pattern)} | {ratio} | {fmt(f, pattern)} | {over_floor} |")
         add("")
-        add("Commands (PORT: the mock's; dilemma first, then Inspect):")
+        add("Commands (PORT: the mock's; dilemma, Inspect, then the transport floor):")
         add("")
         add("```")
-        for tool in ("dilemma", "inspect"):
+        for tool in ("dilemma", "inspect", "floor"):
             runs = [run for run in entry["runs"] if run["tool"] == tool]
             if runs:
                 add(runs[0]["command"])

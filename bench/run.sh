@@ -38,7 +38,7 @@ only=w1,w2,w3,w4
 for ((i = 0; i < ${#pass[@]}; i += 2)); do [[ "${pass[i]}" == --only ]] && only="${pass[i+1]}"; done
 
 started=$(date +%s)
-for binary in target/release/dilemma target/release/dilemma-mock target/release/examples/local_speed target/release/examples/store_bench; do
+for binary in target/release/dilemma target/release/dilemma-mock target/release/examples/local_speed target/release/examples/store_bench target/release/examples/w1_floor; do
     [[ -x "$binary" ]] || { echo "bench/run.sh: $binary is missing; run \`make build\` first" >&2; exit 1; }
 done
 if [[ "$only" == *w2* || "$only" == *w3* ]]; then

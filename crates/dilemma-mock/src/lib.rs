@@ -87,7 +87,8 @@ impl std::str::FromStr for Fault {
 pub struct MockConfig {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
-    /// Added before every chat answer (faults included).
+    /// Every chat answer's time from the request's arrival (faults included; a hang then
+    /// holds the request for [`MockConfig::hang`] more).
     pub latency: Duration,
     /// Share of chat requests that get a fault, 0.0 to 1.0.
     pub fault_rate: f64,
@@ -316,6 +317,11 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    // The latency is the provider's time to answer, counted from the request's arrival: the
+    // answer is built first and sent when the latency is up, as a server's own work falls
+    // inside its response time. (Sleeping first and building after added the mock's own CPU,
+    // queued behind the burst of requests that woke with it, to every call's latency.)
+    let due = (!shared.config.latency.is_zero()).then(|| tokio::time::Instant::now() + shared.config.latency);
     let arrived = unix_micros();
     let sequence = shared.sequence.fetch_add(1, Ordering::SeqCst);
     let body_hash = reply::short_hash(&body);
@@ -325,29 +331,38 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         stats.requests += 1;
         stats.bodies.entry(body_hash.clone()).or_default().requests += 1;
     }
-    if !shared.config.latency.is_zero() {
-        tokio::time::sleep(shared.config.latency).await;
-    }
     if let Some(fault) = fault_for(&shared.config, sequence) {
+        answer_at(due).await;
         *shared.stats().faults.entry(fault.name().to_owned()).or_default() += 1;
         let response = fault_response(&shared, fault).await;
         shared.stats().last_answer_unix_us = Some(unix_micros());
         return response;
     }
     let Some(request) = reply::ChatRequest::parse(&body) else {
+        answer_at(due).await;
         let mut stats = shared.stats();
         stats.bad_requests += 1;
         stats.last_answer_unix_us = Some(unix_micros());
         return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", "the request body is not a JSON object");
     };
     let answer = reply::chat_completion_scripted(&request, shared.config.policy, sequence, &shared.config.script);
+    // Serialised now, before the wait, so that nothing but sending is left when it is up.
+    let response = axum::Json(answer).into_response();
+    answer_at(due).await;
     {
         let mut stats = shared.stats();
         stats.last_answer_unix_us = Some(unix_micros());
         stats.answered += 1;
         stats.bodies.entry(body_hash).or_default().answered += 1;
     }
-    axum::Json(answer).into_response()
+    response
+}
+
+/// Waits until the call is due (see `chat`); at once without a latency.
+async fn answer_at(due: Option<tokio::time::Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 async fn fault_response(shared: &Shared, fault: Fault) -> Response {

@@ -27,7 +27,7 @@ struct Arguments {
     /// Port on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Delay before every chat answer, in milliseconds.
+    /// Every chat answer's time from the request's arrival, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Share of chat requests answered with a fault, 0.0 to 1.0.
