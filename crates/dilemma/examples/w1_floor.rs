@@ -23,7 +23,17 @@ use std::time::{Duration, Instant};
 use dilemma::model::http1::Http1Client;
 use serde_json::json;
 
-fn main() -> Result<(), String> {
+fn main() -> std::process::ExitCode {
+    match floor() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn floor() -> Result<(), String> {
     let mut arguments = std::env::args().skip(1);
     let url = arguments.next().ok_or("usage: w1_floor URL BODIES_DIR [--trials N] [--concurrency C]")?;
     let bodies = PathBuf::from(arguments.next().ok_or("w1_floor: BODIES_DIR is missing")?);
@@ -55,7 +65,7 @@ fn main() -> Result<(), String> {
 
     // The same runtime as the `dilemma` binary: tokio's multi-thread runtime, a worker a core.
     let runtime = tokio::runtime::Runtime::new().map_err(|error| format!("w1_floor: {error}"))?;
-    let (calls, failures, wall) = runtime.block_on(async move {
+    let (calls, failures, first_failure, wall) = runtime.block_on(async move {
         let client = Arc::new(client);
         let requests = Arc::new(requests);
         let target = Arc::new(target);
@@ -66,28 +76,33 @@ fn main() -> Result<(), String> {
             let (client, requests, target, gate) = (client.clone(), requests.clone(), target.clone(), gate.clone());
             tasks.spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("the gate is never closed");
-                let mut failures = 0_usize;
+                let (mut failures, mut first_failure) = (0_usize, None);
                 for body in requests.iter() {
                     let headers = [("content-type", "application/json"), ("authorization", "Bearer floor")];
-                    match client.post(&target, &headers, body.clone()).await {
-                        Ok(reply) if reply.status == 200 => {}
-                        _ => failures += 1,
-                    }
+                    let failure = match client.post(&target, &headers, body.clone()).await {
+                        Ok(reply) if reply.status == 200 => continue,
+                        Ok(reply) => format!("HTTP {}", reply.status),
+                        Err(error) => error.to_string(),
+                    };
+                    failures += 1;
+                    first_failure.get_or_insert(failure);
                 }
-                (requests.len(), failures)
+                (requests.len(), failures, first_failure)
             });
         }
-        let (mut calls, mut failures) = (0, 0);
+        let (mut calls, mut failures, mut first_failure) = (0, 0, None);
         while let Some(joined) = tasks.join_next().await {
-            let (trial_calls, trial_failures) = joined.expect("a trial task panicked");
+            let (trial_calls, trial_failures, trial_first) = joined.expect("a trial task panicked");
             calls += trial_calls;
             failures += trial_failures;
+            first_failure = first_failure.or(trial_first);
         }
-        (calls, failures, started.elapsed())
+        (calls, failures, first_failure, started.elapsed())
     });
     println!("{}", json!({"trials": trials, "concurrency": concurrency, "calls": calls, "failures": failures, "wall_s": wall.as_secs_f64()}));
     if failures > 0 {
-        return Err(format!("w1_floor: {failures} of {calls} calls failed"));
+        let first = first_failure.unwrap_or_default();
+        return Err(format!("w1_floor: {failures} of {calls} calls failed (the first: {first})"));
     }
     Ok(())
 }
