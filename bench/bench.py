@@ -175,6 +175,15 @@ def clean_env(extra=None):
 # ---------------------------------------------------------------------------- W1
 
 
+def w1_dilemma_command(server_url, work, trials, concurrency):
+    """dilemma's W1 command against `server_url` (the mock, or the proxy recording its requests)."""
+    return [
+        DILEMMA, "run", W1_SUITE, "--model", f"agent=openai:mock@{server_url}/v1", "--protocol", "tools",
+        "--epochs", str(trials), "--concurrency", str(concurrency), "--endpoint-concurrency", str(concurrency),
+        "--store", os.path.join(work, "store.sqlite"), "--run", "w1", "--out", os.path.join(work, "out"),
+    ]
+
+
 def w1_run(tool, trials, concurrency, tag, bodies=None):
     """One W1 run of `tool`: dilemma, inspect, or floor (which replays the requests in `bodies`)."""
     work = fresh_dir("w1", f"{tool}-{tag}")
@@ -185,11 +194,7 @@ def w1_run(tool, trials, concurrency, tag, bodies=None):
             env = clean_env()
         elif tool == "dilemma":
             store = os.path.join(work, "store.sqlite")
-            command = [
-                DILEMMA, "run", W1_SUITE, "--model", f"agent=openai:mock@{mock.url}/v1", "--protocol", "tools",
-                "--epochs", str(trials), "--concurrency", str(concurrency), "--endpoint-concurrency", str(concurrency),
-                "--store", store, "--run", "w1", "--out", os.path.join(work, "out"),
-            ]
+            command = w1_dilemma_command(mock.url, work, trials, concurrency)
             env = clean_env()
         else:
             command = [
@@ -284,10 +289,7 @@ def w1_record_bodies():
     mock = Mock(DILEMMA_SCRIPT)
     proxy = RecordingProxy(mock.url)
     try:
-        command = [
-            DILEMMA, "run", W1_SUITE, "--model", f"agent=openai:mock@{proxy.url}/v1", "--protocol", "tools",
-            "--epochs", "1", "--store", os.path.join(work, "store.sqlite"), "--run", "w1", "--out", os.path.join(work, "out"),
-        ]
+        command = w1_dilemma_command(proxy.url, work, 1, 1)
         with open(os.path.join(work, "record.log"), "wb") as output:
             rc = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=clean_env(), cwd=ROOT).returncode
     finally:
